@@ -1,0 +1,251 @@
+"""Autoregressive generation as small composable functions (after gpt-fast).
+
+    prefill(model, prompts, cache)        -> logits of each prompt's last token
+    decode_one_token(model, tokens, cache) -> logits of the next token
+    sample(logits, sampling, generator)   -> next tokens
+    generate(...)                          prefill, then decode until a stop condition
+    generate_no_cache(...)                 the O(n^2) baseline: a full forward per token
+    stream(...)                            one prompt, yields each token with its time
+
+Sampling: greedy (temperature 0), temperature scaling p ~ softmax(z / T), top-k, and
+nucleus / top-p sampling (Holtzman et al. 2020: keep the smallest set of tokens whose
+probability mass reaches p).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from .kv_cache import KVCache
+from .model import Transformer
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How to pick the next token. temperature=0 means greedy (argmax)."""
+
+    temperature: float = 0.0
+    top_k: int | None = None
+    top_p: float | None = None
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
+        if self.top_k is not None and self.top_k < 1:
+            raise ValueError(f"top_k must be >= 1 or None (no limit), got {self.top_k}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1] or None (no limit), got {self.top_p}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+GREEDY = Sampling()
+
+
+def logits_to_probs(logits: torch.Tensor, sampling: Sampling) -> torch.Tensor:
+    """Next-token distribution (..., V) after temperature, top-k and top-p filtering."""
+    if sampling.greedy:
+        return torch.nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).to(logits.dtype)
+    z = logits.float() / sampling.temperature
+    if sampling.top_k is not None and sampling.top_k < z.shape[-1]:
+        kth = torch.topk(z, sampling.top_k, dim=-1).values[..., -1:]  # (..., 1)
+        z = z.masked_fill(z < kth, float("-inf"))
+    probs = torch.softmax(z, dim=-1)
+    if sampling.top_p is not None and sampling.top_p < 1:
+        sorted_p, order = probs.sort(dim=-1, descending=True)
+        # Drop a token when the mass *before* it already reaches top_p.
+        drop = (sorted_p.cumsum(-1) - sorted_p) >= sampling.top_p
+        sorted_p = sorted_p.masked_fill(drop, 0.0)
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+        probs = probs / probs.sum(-1, keepdim=True)
+    return probs
+
+
+def sample(logits: torch.Tensor, sampling: Sampling = GREEDY,
+           generator: torch.Generator | None = None) -> torch.Tensor:
+    """Pick one token per row of ``logits`` (B, V) -> (B,)."""
+    if torch.isnan(logits).any():
+        raise ValueError("the model produced NaN logits; check the weights and the dtype "
+                         "(fp16 overflows easily: try bf16 or fp32)")
+    if sampling.greedy:
+        return logits.argmax(-1)
+    probs = logits_to_probs(logits, sampling)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def make_generator(sampling: Sampling, device: torch.device) -> torch.Generator | None:
+    if sampling.greedy or sampling.seed is None:
+        return None
+    return torch.Generator(device=device).manual_seed(sampling.seed)
+
+
+def check_prompts(model: Transformer, prompts: list[list[int]], max_new_tokens: int) -> None:
+    """Raise ValueError for inputs that would otherwise be silently wrong."""
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("empty prompt: give at least one token (e.g. start with a newline)")
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    ctx = model.config.max_seq_len
+    longest = max(len(p) for p in prompts)
+    if longest + max_new_tokens > ctx:
+        raise ValueError(f"prompt of {longest} tokens + max_new_tokens={max_new_tokens} "
+                         f"exceeds the context of {ctx} tokens; shorten the prompt or ask "
+                         "for fewer tokens (nothing is truncated silently)")
+    vocab = model.config.vocab_size
+    if any(t < 0 or t >= vocab for p in prompts for t in p):
+        raise ValueError(f"token ids must be in [0, {vocab})")
+
+
+def left_pad(prompts: list[list[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tokens (B, T) left-padded with 0 and positions (B, T) with -1 on the padding."""
+    T = max(len(p) for p in prompts)
+    idx = torch.zeros(len(prompts), T, dtype=torch.long)
+    pos = torch.full((len(prompts), T), -1, dtype=torch.long)
+    for b, p in enumerate(prompts):
+        idx[b, T - len(p):] = torch.tensor(p)
+        pos[b, T - len(p):] = torch.arange(len(p))
+    return idx.to(device), pos.to(device)
+
+
+@torch.inference_mode()
+def prefill(model: Transformer, prompts: list[list[int]], cache: KVCache) -> torch.Tensor:
+    """Run every prompt token through the model once, filling ``cache``. -> (B, V)."""
+    idx, pos = left_pad(prompts, model.device)
+    return model(idx, cache, pos, last_only=True)[:, -1]
+
+
+@torch.inference_mode()
+def decode_one_token(model: Transformer, tokens: torch.Tensor, cache: KVCache) -> torch.Tensor:
+    """Logits (B, V) for the token after ``tokens`` (B,), attending through ``cache``."""
+    return model(tokens[:, None], cache)[:, -1]
+
+
+def _finished(row: list[int], eos_id: int | None, max_new: int) -> bool:
+    return len(row) >= max_new or (eos_id is not None and bool(row) and row[-1] == eos_id)
+
+
+def decode_steps(model: Transformer, prompts: list[list[int]], max_new_tokens: int,
+                 sampling: Sampling = GREEDY, eos_id: int | None = None,
+                 cache: KVCache | None = None) -> Iterator[torch.Tensor]:
+    """Yield the next token of every row (B,) at each step, using a KV cache."""
+    check_prompts(model, prompts, max_new_tokens)
+    if max_new_tokens == 0:
+        return
+    if cache is None:
+        longest = max(len(p) for p in prompts)
+        cache = KVCache.for_model(model, len(prompts), longest + max_new_tokens)
+    gen = make_generator(sampling, model.device)
+    tok = sample(prefill(model, prompts, cache), sampling, gen)
+    yield tok
+    for _ in range(max_new_tokens - 1):
+        tok = sample(decode_one_token(model, tok, cache), sampling, gen)
+        yield tok
+
+
+def decode_steps_no_cache(model: Transformer, prompts: list[list[int]], max_new_tokens: int,
+                          sampling: Sampling = GREEDY) -> Iterator[torch.Tensor]:
+    """Like :func:`decode_steps` but recomputing the whole sequence at every step."""
+    check_prompts(model, prompts, max_new_tokens)
+    gen = make_generator(sampling, model.device)
+    idx, pos = left_pad(prompts, model.device)
+    with torch.inference_mode():
+        for _ in range(max_new_tokens):
+            tok = sample(model(idx, pos=pos, last_only=True)[:, -1], sampling, gen)
+            yield tok
+            idx = torch.cat([idx, tok[:, None]], dim=1)
+            pos = torch.cat([pos, pos[:, -1:] + 1], dim=1)
+
+
+def collect(steps: Iterator[torch.Tensor], batch: int, max_new_tokens: int,
+            eos_id: int | None = None) -> list[list[int]]:
+    """Gather per-row tokens from a step iterator, stopping rows at EOS (kept) or max."""
+    out: list[list[int]] = [[] for _ in range(batch)]
+    for tok in steps:
+        for row, t in zip(out, tok.tolist()):
+            if not _finished(row, eos_id, max_new_tokens):
+                row.append(t)
+        if all(_finished(r, eos_id, max_new_tokens) for r in out):
+            break
+    return out
+
+
+def generate(model: Transformer, prompts: list[list[int]], max_new_tokens: int,
+             sampling: Sampling = GREEDY, eos_id: int | None = None,
+             use_cache: bool = True, window: int | None = None) -> list[list[int]]:
+    """New tokens for each prompt (batch >= 1, prompts of any lengths).
+
+    use_cache=False recomputes everything each step (the baseline of lab 01);
+    window=W keeps only the last W positions in a ring-buffer cache.
+    """
+    if use_cache:
+        cache = None
+        if window is not None:
+            check_prompts(model, prompts, max_new_tokens)
+            cache = KVCache.for_model(model, len(prompts), window=window)
+        steps = decode_steps(model, prompts, max_new_tokens, sampling, eos_id, cache)
+    else:
+        if window is not None:
+            raise ValueError("window needs use_cache=True")
+        steps = decode_steps_no_cache(model, prompts, max_new_tokens, sampling)
+    return collect(steps, len(prompts), max_new_tokens, eos_id)
+
+
+@dataclass
+class TokenEvent:
+    """One streamed token: its id, the text it completes, and seconds since the call."""
+
+    index: int
+    token: int
+    text: str
+    t: float
+
+
+def stream(model: Transformer, tokenizer, prompt: str, max_new_tokens: int = 64,
+           sampling: Sampling = GREEDY, stop: list[str] | None = None,
+           stop_at_eos: bool = True) -> Iterator[TokenEvent]:
+    """Generate from a text prompt, yielding each token as soon as it exists.
+
+    Stops at EOS, after ``max_new_tokens``, or when the text so far contains a stop
+    string (the stop string itself is not yielded). The first event's ``t`` is the time
+    to first token (TTFT); gaps between later events are the time per output token.
+    """
+    from .tokenizer import StreamDecoder
+
+    if not prompt:
+        raise ValueError("empty prompt: give at least one character")
+    ids = tokenizer.encode(prompt)
+    eos = tokenizer.eos_id if stop_at_eos else None
+    dec, text, sent, t0 = StreamDecoder(tokenizer), "", 0, time.perf_counter()
+    for i, tok in enumerate(decode_steps(model, [ids], max_new_tokens, sampling, eos)):
+        t = int(tok[0])
+        if eos is not None and t == eos:
+            return
+        text += dec.push(t)
+        hit = min((text.find(s) for s in stop or () if s in text), default=-1)
+        # Hold back a tail that could still become a stop string (unless this is the last).
+        last = i == max_new_tokens - 1
+        end = hit if hit >= 0 else len(text) - (0 if last else _partial_stop(text, stop or ()))
+        yield TokenEvent(i, t, text[sent:end], time.perf_counter() - t0)
+        sent = end
+        if hit >= 0:
+            return
+
+
+def _partial_stop(text: str, stop: list[str] | tuple) -> int:
+    """Length of the longest tail of ``text`` that is a proper prefix of a stop string."""
+    return max((n for s in stop for n in range(1, len(s)) if text.endswith(s[:n])),
+               default=0)
+
+
+def complete(model: Transformer, tokenizer, prompt: str, max_new_tokens: int = 64,
+             sampling: Sampling = GREEDY, stop: list[str] | None = None) -> str:
+    """The generated continuation of ``prompt`` as text."""
+    return "".join(e.text for e in stream(model, tokenizer, prompt, max_new_tokens,
+                                          sampling, stop))

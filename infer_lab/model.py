@@ -1,0 +1,218 @@
+"""A decoder-only Transformer, written from scratch (Vaswani et al. 2017).
+
+One class serves both block styles of :mod:`infer_lab.config`:
+
+* Llama-style: x + Attn(RMSNorm(x)) with RoPE and grouped-query attention, then
+  x + SwiGLU(RMSNorm(x)) where SwiGLU(x) = W2 (silu(W1 x) * W3 x).
+* GPT-2-style: x + Attn(LN(x)) with learned absolute positions, then
+  x + W2 gelu(W1 x), biases everywhere.
+
+The same ``forward`` runs prefill (T tokens) and decode (T = 1), with or without a
+:class:`~infer_lab.kv_cache.KVCache`. Attention visibility is computed from token
+*positions*: key j is visible to query i iff 0 <= pos_j <= pos_i (and, with a sliding
+window, pos_i - pos_j < W). Padding slots carry position -1, so batches of prompts of
+different lengths need no other machinery.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import ModelConfig
+from .kv_cache import KVCache
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm (Zhang & Sennrich 2019): x / sqrt(mean(x^2) + eps) * g."""
+
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Normalise in fp32: squares of bf16/fp16 activations overflow or lose precision.
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.to(x.dtype)
+
+
+def rope_frequencies(cfg: ModelConfig) -> torch.Tensor:
+    """Inverse frequencies theta^(-2i/d) of RoPE, with optional Llama-3.1 scaling."""
+    d = cfg.head_dim
+    inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float64) / d))
+    s = cfg.rope_scaling
+    if s and s.get("rope_type", s.get("type")) == "llama3":
+        # Long wavelengths are stretched by `factor`, short ones kept, a smooth ramp between.
+        factor, lo, hi = s["factor"], s["low_freq_factor"], s["high_freq_factor"]
+        old_ctx = s["original_max_position_embeddings"]
+        wavelen = 2 * math.pi / inv_freq
+        smooth = (old_ctx / wavelen - lo) / (hi - lo)
+        scaled = torch.where(wavelen > old_ctx / lo, inv_freq / factor, inv_freq)
+        mid = (wavelen <= old_ctx / lo) & (wavelen >= old_ctx / hi)
+        inv_freq = torch.where(mid, (1 - smooth) * inv_freq / factor + smooth * inv_freq,
+                               scaled)
+    elif s:
+        raise ValueError(f"unsupported rope_scaling {s!r} (only 'llama3' is implemented)")
+    return inv_freq.float()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs (x_i, x_{i+d/2}) by angle pos * theta_i (the 'rotate half' layout)."""
+    x1, x2 = x.chunk(2, dim=-1)  # (B, H, T, D/2) each
+    rotated = torch.cat((-x2, x1), dim=-1)
+    return x * cos + rotated * sin
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int):
+        super().__init__()
+        self.layer = layer
+        self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.n_kv_head, cfg.head_dim
+        kv_dim = cfg.n_kv_head * cfg.head_dim
+        self.wqkv = nn.Linear(cfg.d_model, cfg.d_model + 2 * kv_dim,
+                              bias=cfg.qkv_bias or cfg.bias)
+        self.wo = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
+                mask: torch.Tensor | None, cache: KVCache | None) -> torch.Tensor:
+        B, T, C = x.shape
+        kv_dim = self.n_kv_head * self.head_dim
+        q, k, v = self.wqkv(x).split([C, kv_dim, kv_dim], dim=-1)
+        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, D)
+        k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
+        v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if cache is not None:
+            k, v = cache.update(self.layer, k, v)  # (B, Hkv, S, D)
+        if self.n_kv_head != self.n_head:  # GQA: each KV head serves a group of queries
+            rep = self.n_head // self.n_kv_head
+            k = k.repeat_interleave(rep, dim=1)  # (B, H, S, D)
+            v = v.repeat_interleave(rep, dim=1)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                           is_causal=mask is None and T > 1)
+        y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
+        return self.wo(y)
+
+
+class MLP(nn.Module):
+    """SwiGLU (Llama) or GELU (GPT-2) feed-forward."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.gated = cfg.block == "llama"
+        self.w1 = nn.Linear(cfg.d_model, cfg.d_ff, bias=cfg.bias)
+        self.w2 = nn.Linear(cfg.d_ff, cfg.d_model, bias=cfg.bias)
+        self.w3 = nn.Linear(cfg.d_model, cfg.d_ff, bias=cfg.bias) if self.gated else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gated:
+            return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        return self.w2(F.gelu(self.w1(x), approximate="tanh"))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int):
+        super().__init__()
+        Norm = RMSNorm if cfg.block == "llama" else nn.LayerNorm
+        self.attn_norm = Norm(cfg.d_model, eps=cfg.norm_eps)
+        self.attn = Attention(cfg, layer)
+        self.mlp_norm = Norm(cfg.d_model, eps=cfg.norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, rope, mask, cache):
+        x = x + self.attn(self.attn_norm(x), rope, mask, cache)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class Transformer(nn.Module):
+    """Decoder-only LM: tokens (B, T) -> logits (B, T, vocab)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.config = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.pos_emb = nn.Embedding(cfg.max_seq_len, cfg.d_model) if cfg.block == "gpt2" else None
+        self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
+        Norm = RMSNorm if cfg.block == "llama" else nn.LayerNorm
+        self.norm = Norm(cfg.d_model, eps=cfg.norm_eps)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.tok_emb.weight
+        if cfg.block == "llama":
+            self.register_buffer("inv_freq", rope_frequencies(cfg), persistent=False)
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, mean=0.0, std=0.02)
+            if isinstance(m, nn.Linear) and m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+    @property
+    def device(self) -> torch.device:
+        return self.tok_emb.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.tok_emb.weight.dtype
+
+    def _rope(self, pos: torch.Tensor, dtype: torch.dtype):
+        angles = pos.clamp(min=0)[:, None, :, None].float() * self.inv_freq  # (B, 1, T, D/2)
+        angles = torch.cat((angles, angles), dim=-1)  # (B, 1, T, D)
+        return angles.cos().to(dtype), angles.sin().to(dtype)
+
+    def forward(self, idx: torch.Tensor, cache: KVCache | None = None,
+                pos: torch.Tensor | None = None, last_only: bool = False) -> torch.Tensor:
+        """Logits for tokens ``idx`` (B, T).
+
+        pos: absolute position of each token (B, T), -1 for left padding. Defaults to
+        continuing from the cache (or 0..T-1 without one).
+        last_only: return logits of the last position only (B, 1, V): prefill needs
+        nothing else, and the vocabulary projection is a large share of a small model.
+        """
+        B, T = idx.shape
+        default_pos = pos is None
+        if default_pos:
+            start = cache.next_pos[:, None] if cache is not None else 0
+            pos = start + torch.arange(T, device=idx.device)[None, :].expand(B, T)  # (B, T)
+        if int(pos.max()) >= self.config.max_seq_len:
+            raise ValueError(f"position {int(pos.max())} exceeds the model's context of "
+                             f"{self.config.max_seq_len} tokens; shorten the prompt or "
+                             "max_new_tokens")
+        x = self.tok_emb(idx)  # (B, T, C)
+        if self.pos_emb is not None:
+            x = x + self.pos_emb(pos.clamp(min=0))
+        rope = self._rope(pos, x.dtype) if self.pos_emb is None else None
+        if cache is not None:
+            cache.begin(pos)
+            mask = attention_mask(pos, cache.key_positions(), cache.window)
+        elif default_pos:
+            mask = None  # plain causal attention: SDPA's fast path
+        else:
+            mask = attention_mask(pos, pos, None)
+        for block in self.layers:
+            x = block(x, rope, mask, cache)
+        if cache is not None:
+            cache.end()
+        if last_only:
+            x = x[:, -1:]
+        return self.lm_head(self.norm(x))  # (B, T, V)
+
+
+def attention_mask(qpos: torch.Tensor, kpos: torch.Tensor, window: int | None) -> torch.Tensor:
+    """Boolean mask (B, 1, Tq, Tk): True where query i may attend to key j."""
+    q = qpos[:, None, :, None]  # (B, 1, Tq, 1)
+    k = kpos[:, None, None, :]  # (B, 1, 1, Tk)
+    ok = (k >= 0) & (k <= q)
+    if window is not None:
+        ok &= (q - k) < window
+    # A padding query sees nothing; let it see everything so softmax stays finite.
+    # Its output is never used.
+    return ok | (q < 0)
