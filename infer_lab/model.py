@@ -148,6 +148,14 @@ class Transformer(nn.Module):
             self.register_buffer("inv_freq", rope_frequencies(cfg), persistent=False)
         self.apply(self._init_weights)
 
+    def _apply(self, fn, recurse=True):
+        # Keep RoPE frequencies in fp32 whatever dtype the weights move to: in bf16,
+        # pos * inv_freq is off by radians at a context of a few thousand tokens.
+        super()._apply(fn, recurse)
+        if self.pos_emb is None:
+            self.inv_freq = rope_frequencies(self.config).to(self.tok_emb.weight.device)
+        return self
+
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
         if isinstance(m, (nn.Linear, nn.Embedding)):

@@ -51,7 +51,7 @@ class TrainConfig:
 
 TRAIN_PRESETS = {
     "code-s": TrainConfig(steps=1200, lr=3e-3, min_lr=3e-4),
-    "code-m": TrainConfig(steps=2400, lr=2e-3, min_lr=2e-4),
+    "code-m": TrainConfig(steps=2000, lr=2e-3, min_lr=2e-4),
 }
 
 
@@ -196,9 +196,18 @@ def train(name: str, tc: TrainConfig, run_dir: Path, out_dir: Path = WEIGHTS_DIR
 
 def export(name: str, model: Transformer, tok: Tokenizer, tc: TrainConfig, state: dict,
            valid_ids: np.ndarray, out_dir: Path) -> dict:
-    """Write <name>.safetensors, <name>.json (config + card) and the shared tokenizer."""
+    """Write <name>.safetensors, <name>.json/.md (config + card) and the shared tokenizer.
+
+    Weights ship in fp16 (half the bytes of fp32; the zoo must fit in 30 MB), so the
+    card is measured on the fp16-rounded weights that users actually load.
+    """
     from safetensors.torch import save_file
 
+    from .card import render_card, sample_completion
+
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(p.half().float())
     valid_loss = evaluate(model, valid_ids, tc.seq_len, None, bf16=False)
     valid_bytes = len(data.held_out_text().encode())
     n_tok = len(valid_ids) - 1
@@ -219,11 +228,13 @@ def export(name: str, model: Transformer, tok: Tokenizer, tc: TrainConfig, state
         "torch": torch.__version__,
         "history": state["history"],
     }
-    sd = {k: v.detach().contiguous() for k, v in model.state_dict().items()
+    sd = {k: v.detach().half().contiguous() for k, v in model.state_dict().items()
           if not (model.config.tie_embeddings and k == "lm_head.weight")}
     _atomic_save(lambda p: save_file(sd, str(p)), out_dir / f"{name}.safetensors")
     _atomic_save(lambda p: p.write_text(json.dumps(card, indent=2)), out_dir / f"{name}.json")
     _atomic_save(lambda p: tok.save(p), out_dir / "tokenizer.json")
+    completion = sample_completion(model.eval(), tok)
+    _atomic_save(lambda p: p.write_text(render_card(card, completion)), out_dir / f"{name}.md")
     print(json.dumps({k: v for k, v in card.items() if k not in ("history", "config")},
                      indent=2))
     return card
