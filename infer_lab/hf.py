@@ -1,0 +1,409 @@
+"""Hugging Face checkpoints <-> our Transformer (after minGPT's ``from_pretrained``).
+
+A checkpoint is a ``config.json`` (the shape), safetensors files (a dict of named
+tensors) and a ``tokenizer.json``. Loading one is three small translations:
+
+* config: HF field names -> :class:`~infer_lab.config.ModelConfig`
+  (``n_embd``/``hidden_size`` -> ``d_model``, ``rope_parameters`` -> ``rope_theta``, ...);
+* weights: HF tensor names -> ours. Two layouts differ from ours: GPT-2 stores its
+  linear layers as ``Conv1D`` with W of shape (in, out), so y = x W; ours are
+  ``nn.Linear`` with (out, in) and y = x W^T, so those weights are transposed. And HF
+  Llama keeps separate q/k/v projections, which we fuse into one matmul:
+  W_qkv = [W_q; W_k; W_v] (one read of x, one kernel launch instead of three);
+* tokenizer: ``tokenizer.json`` through :class:`~infer_lab.tokenizer.Tokenizer`.
+
+:func:`to_hf` goes back the other way, so a benchmark can run transformers' own
+``generate`` on exactly our weights. ``transformers`` and ``huggingface_hub`` are
+imported inside the functions that need them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from .config import ModelConfig
+from .model import Transformer, rope_frequencies
+from .tokenizer import Tokenizer
+
+SUPPORTED = ("gpt2", "llama", "qwen2", "mistral")  # SmolLM checkpoints say "llama"
+HUB_FILES = ["config.json", "generation_config.json", "tokenizer*", "special_tokens_map.json",
+             "model*.safetensors", "model.safetensors.index.json"]
+OFFLINE_HINT = ("The embedded models 'code-s' and 'code-m' work offline: "
+                "infer_lab.load('code-m').")
+
+
+class CheckpointNotFoundError(FileNotFoundError):
+    """Neither a local folder nor a hub checkpoint this machine can get."""
+
+
+# -- config --------------------------------------------------------------------------
+
+def config_from_hf(hf_config) -> ModelConfig:
+    """A ModelConfig for a transformers config (object or ``config.json`` dict)."""
+    if isinstance(hf_config, dict):
+        from transformers import AutoConfig
+
+        d = dict(hf_config)
+        hf_config = AutoConfig.for_model(_check_type(d.pop("model_type", None)), **d)
+    kind = _check_type(getattr(hf_config, "model_type", None))
+    return _gpt2_config(hf_config) if kind == "gpt2" else _llama_config(hf_config)
+
+
+def _check_type(model_type: str | None) -> str:
+    if model_type not in SUPPORTED:
+        raise ValueError(f"unsupported model_type {model_type!r}: infer_lab loads the "
+                         f"families {', '.join(SUPPORTED)} (SmolLM is 'llama')")
+    return model_type
+
+
+def _gpt2_config(c) -> ModelConfig:
+    if c.activation_function not in ("gelu_new", "gelu_pytorch_tanh"):
+        raise ValueError(f"unsupported GPT-2 activation {c.activation_function!r}: our MLP "
+                         "uses the tanh-approximate GELU ('gelu_new')")
+    if not c.scale_attn_weights or c.scale_attn_by_inverse_layer_idx or c.add_cross_attention:
+        raise ValueError("unsupported GPT-2 variant: attention must be scaled by "
+                         "1/sqrt(head_dim) only, without cross-attention")
+    return ModelConfig(vocab_size=c.vocab_size, n_layer=c.n_layer, n_head=c.n_head,
+                       d_model=c.n_embd, d_ff=c.n_inner or 4 * c.n_embd,
+                       max_seq_len=c.n_positions, block="gpt2", norm_eps=c.layer_norm_epsilon,
+                       tie_embeddings=c.tie_word_embeddings, qkv_bias=True, bias=True)
+
+
+def _llama_config(c) -> ModelConfig:
+    """Llama, Qwen2, Mistral and SmolLM share one block: RMSNorm, RoPE, GQA, SwiGLU."""
+    if c.hidden_act != "silu":
+        raise ValueError(f"unsupported activation {c.hidden_act!r}: our MLP is SwiGLU (silu)")
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    if head_dim * c.num_attention_heads != c.hidden_size:
+        raise ValueError(f"unsupported: head_dim={head_dim} differs from hidden_size / "
+                         f"num_attention_heads = {c.hidden_size // c.num_attention_heads}; "
+                         "our attention assumes n_head * head_dim == d_model")
+    window = getattr(c, "sliding_window", None)
+    sliding = getattr(c, "use_sliding_window", True) and "sliding_attention" in (
+        getattr(c, "layer_types", None) or ["sliding_attention"])
+    if window is not None and sliding and window < c.max_position_embeddings:
+        raise ValueError(f"unsupported: sliding-window attention (window {window} < context "
+                         f"{c.max_position_embeddings}); our model attends to all positions")
+    rope_theta, rope_scaling = _rope_from_hf(c)
+    attention_bias, mlp_bias = getattr(c, "attention_bias", False), getattr(c, "mlp_bias", False)
+    return ModelConfig(
+        vocab_size=c.vocab_size, n_layer=c.num_hidden_layers, n_head=c.num_attention_heads,
+        n_kv_head=c.num_key_value_heads or c.num_attention_heads, d_model=c.hidden_size,
+        d_ff=c.intermediate_size, max_seq_len=c.max_position_embeddings, block="llama",
+        norm_eps=c.rms_norm_eps, rope_theta=rope_theta, rope_scaling=rope_scaling,
+        tie_embeddings=c.tie_word_embeddings,
+        qkv_bias=c.model_type == "qwen2" or attention_bias,  # Qwen2 biases q, k, v only
+        # Our `bias` covers o_proj and the MLP together; a side HF lacks loads as zeros.
+        bias=attention_bias or mlp_bias)
+
+
+def _rope_from_hf(c) -> tuple[float, dict | None]:
+    # transformers >= 5 keeps everything in `rope_parameters`; 4.x has rope_theta + rope_scaling.
+    p = getattr(c, "rope_parameters", None)
+    if p is None:
+        p = {"rope_theta": getattr(c, "rope_theta", 10000.0),
+             **(getattr(c, "rope_scaling", None) or {})}
+    if "rope_theta" not in p and p and all(isinstance(v, dict) for v in p.values()):
+        raise ValueError("unsupported: a different RoPE per layer type")
+    kind = p.get("rope_type", p.get("type", "default"))
+    if p.get("partial_rotary_factor", getattr(c, "partial_rotary_factor", None) or 1.0) != 1.0:
+        raise ValueError("unsupported: partial rotary embeddings (partial_rotary_factor != 1)")
+    theta = float(p.get("rope_theta", getattr(c, "rope_theta", 10000.0)))
+    if kind == "default":
+        return theta, None
+    if kind == "llama3":
+        keys = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+        return theta, {"rope_type": "llama3", **{k: p[k] for k in keys}}
+    raise ValueError(f"unsupported rope scaling {kind!r}: only the default and 'llama3' are "
+                     "implemented")
+
+
+# -- weights -------------------------------------------------------------------------
+
+# Per-layer module names, ours -> HF (under "h.{i}." for GPT-2, "layers.{i}." for Llama).
+GPT2_NAMES = {"attn_norm": "ln_1", "attn.wqkv": "attn.c_attn", "attn.wo": "attn.c_proj",
+              "mlp_norm": "ln_2", "mlp.w1": "mlp.c_fc", "mlp.w2": "mlp.c_proj"}
+LLAMA_NAMES = {"attn_norm": "input_layernorm", "mlp_norm": "post_attention_layernorm",
+               "attn.wo": "self_attn.o_proj", "mlp.w1": "mlp.gate_proj",
+               "mlp.w2": "mlp.down_proj", "mlp.w3": "mlp.up_proj"}
+
+
+def _module_pairs(cfg: ModelConfig) -> list[tuple[str, str, bool]]:
+    """(our module, HF module without its 'model.'/'transformer.' prefix, is a Conv1D)."""
+    if cfg.block == "gpt2":
+        pairs = [("tok_emb", "wte", False), ("pos_emb", "wpe", False), ("norm", "ln_f", False)]
+        layer, names = "h", GPT2_NAMES
+    else:  # q/k/v are fused separately (see _fuse_qkv)
+        pairs = [("tok_emb", "embed_tokens", False), ("norm", "norm", False)]
+        layer, names = "layers", LLAMA_NAMES
+    for i in range(cfg.n_layer):
+        pairs += [(f"layers.{i}.{ours}", f"{layer}.{i}.{theirs}",
+                   cfg.block == "gpt2" and not ours.endswith("norm"))
+                  for ours, theirs in names.items()]
+    return pairs
+
+
+def state_dict_from_hf(hf_state: dict[str, torch.Tensor],
+                       cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    """Our state dict from HF tensors (names with or without 'model.'/'transformer.')."""
+    sd = {k.removeprefix("model.").removeprefix("transformer."): v for k, v in hf_state.items()}
+    out = {}
+    for ours, theirs, conv1d in _module_pairs(cfg):
+        for suffix in ("weight", "bias"):
+            t = sd.pop(f"{theirs}.{suffix}", None)
+            if t is not None:
+                out[f"{ours}.{suffix}"] = _transpose(t) if conv1d else t
+    if cfg.block == "llama":
+        _fuse_qkv(sd, out, cfg)
+    if cfg.tie_embeddings:  # a tied head is the embedding, whether saved or not
+        sd.pop("lm_head.weight", None)
+        out["lm_head.weight"] = out.get("tok_emb.weight")
+    elif "lm_head.weight" in sd:
+        out["lm_head.weight"] = sd.pop("lm_head.weight")
+    # Buffers that old checkpoints saved; they are recomputed, never learned.
+    left = [k for k in sd if not k.endswith((".inv_freq", ".attn.bias", ".attn.masked_bias"))]
+    if left:
+        raise ValueError(f"checkpoint tensors our model has no place for: {left[:6]}")
+    with torch.device("meta"):
+        expected = Transformer(cfg).state_dict()
+    like = out.get("tok_emb.weight")
+    for k, t in expected.items():
+        if k not in out and k.endswith(".bias") and like is not None:
+            out[k] = like.new_zeros(t.shape)  # a bias HF does not have is a zero bias
+    missing = [k for k in expected if out.get(k) is None]
+    if missing:
+        raise KeyError(f"the checkpoint lacks tensors for: {missing[:6]}")
+    return out
+
+
+def _transpose(t: torch.Tensor) -> torch.Tensor:
+    """Conv1D weight (in, out) <-> nn.Linear weight (out, in); a bias passes unchanged."""
+    return t.t().contiguous() if t.ndim == 2 else t
+
+
+def _fuse_qkv(sd: dict, out: dict, cfg: ModelConfig) -> None:
+    for i in range(cfg.n_layer):
+        h = f"layers.{i}.self_attn."
+        ws = [sd.pop(f"{h}{p}_proj.weight", None) for p in "qkv"]
+        if any(w is None for w in ws):
+            continue  # reported as missing by the caller
+        out[f"layers.{i}.attn.wqkv.weight"] = torch.cat(ws)  # (d + 2 kv_dim, d)
+        bs = [sd.pop(f"{h}{p}_proj.bias", None) for p in "qkv"]
+        if any(b is not None for b in bs):
+            out[f"layers.{i}.attn.wqkv.bias"] = torch.cat(
+                [b if b is not None else w.new_zeros(w.shape[0]) for b, w in zip(bs, ws)])
+
+
+def build_model(cfg: ModelConfig, state: dict[str, torch.Tensor]) -> Transformer:
+    """A Transformer holding ``state`` (already on its device and dtype), in eval mode.
+
+    Built on the meta device, so no memory or time goes into random weights that the
+    checkpoint would overwrite.
+    """
+    with torch.device("meta"):
+        model = Transformer(cfg)
+    model.load_state_dict(state, strict=True, assign=True)
+    if cfg.tie_embeddings:  # assign=True made two Parameters; make them one again
+        model.lm_head.weight = model.tok_emb.weight
+    if getattr(model, "inv_freq", None) is not None:
+        # Not in any checkpoint; kept in fp32 (as HF does) because bf16 angles drift with position.
+        model.inv_freq = rope_frequencies(cfg).to(state["tok_emb.weight"].device)
+    meta = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if meta:
+        raise RuntimeError(f"tensors left unset after loading: {meta}")
+    return model.eval()
+
+
+def from_hf_model(hf_model) -> Transformer:
+    """Our Transformer with the weights of an in-memory transformers model."""
+    cfg = config_from_hf(hf_model.config)
+    # Cloned, so the two models do not share storage (editing one would change the other).
+    state = {k: v.detach().clone() for k, v in hf_model.state_dict().items()}
+    return build_model(cfg, state_dict_from_hf(state, cfg))
+
+
+# -- files, the hub and the tokenizer --------------------------------------------------
+
+def load_hf(name_or_path: str | Path, device: torch.device | str | None = None,
+            dtype: torch.dtype | None = None) -> tuple[Transformer, Tokenizer]:
+    """A local checkpoint folder, or a hub name (cache first; download only when online)."""
+    from .hardware import default_device, default_dtype
+
+    device = torch.device(device) if device is not None else default_device()
+    dtype = dtype or default_dtype(device)
+    folder = resolve_checkpoint(name_or_path)
+    raw = json.loads((folder / "config.json").read_text())
+    _check_type(raw.get("model_type"))
+    from transformers import AutoConfig
+
+    cfg = config_from_hf(AutoConfig.from_pretrained(folder))
+    hf_state = read_safetensors(folder, device, dtype)
+    if hf_state is None:  # only pickled .bin weights: transformers unpickles them safely
+        if not list(folder.glob("pytorch_model*.bin")):
+            raise FileNotFoundError(f"{folder} has no model.safetensors (or shards) and no "
+                                    "pytorch_model.bin")
+        from transformers import AutoModelForCausalLM
+
+        hf = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
+        hf_state = {k: v.to(device) for k, v in hf.state_dict().items()}
+    return build_model(cfg, state_dict_from_hf(hf_state, cfg)), load_tokenizer(folder)
+
+
+def read_safetensors(folder: Path, device: torch.device, dtype: torch.dtype) -> dict | None:
+    """All tensors of ``model.safetensors`` (or its shards), cast one at a time."""
+    from safetensors import safe_open
+
+    index = folder / "model.safetensors.index.json"
+    if (folder / "model.safetensors").exists():
+        files = ["model.safetensors"]
+    elif index.exists():
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    else:
+        return None
+    state = {}
+    for name in files:
+        with safe_open(str(folder / name), framework="pt", device="cpu") as f:
+            for k in f.keys():
+                t = f.get_tensor(k)
+                state[k] = t.to(device, dtype if t.is_floating_point() else t.dtype)
+    return state
+
+
+def resolve_checkpoint(name_or_path: str | Path) -> Path:
+    """The folder holding a checkpoint: a local path, else the HF cache, else a download."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise FileNotFoundError(f"{path} has no config.json: not a Hugging Face checkpoint")
+        return path
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+
+    name = str(name_or_path)
+    try:
+        return Path(snapshot_download(name, local_files_only=True, allow_patterns=HUB_FILES))
+    except HFValidationError as e:
+        raise CheckpointNotFoundError(f"{name!r} is neither a local folder nor a hub model "
+                                      f"name. {OFFLINE_HINT}") from e
+    except LocalEntryNotFoundError:
+        pass
+    if _offline():
+        raise CheckpointNotFoundError(
+            f"{name!r} was not found locally (no such folder, not in the Hugging Face cache) "
+            f"and this machine is offline (HF_HUB_OFFLINE), so it cannot be downloaded. "
+            f"{OFFLINE_HINT}")
+    try:
+        return Path(snapshot_download(name, allow_patterns=HUB_FILES))
+    except (OSError, ValueError) as e:  # connection errors, missing or gated repos
+        raise CheckpointNotFoundError(
+            f"{name!r} was not found locally and could not be downloaded from the Hugging "
+            f"Face hub ({type(e).__name__}: {e}). If this machine is offline: "
+            f"{OFFLINE_HINT}") from e
+
+
+def _offline() -> bool:
+    from huggingface_hub import constants
+
+    env = (os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or "")
+    return constants.HF_HUB_OFFLINE or env.upper() in ("1", "ON", "YES", "TRUE")
+
+
+def load_tokenizer(folder: Path) -> Tokenizer:
+    """The checkpoint's tokenizer, with the EOS token its generation config names."""
+    from tokenizers import Tokenizer as RawTokenizer
+
+    if (folder / "tokenizer.json").exists():
+        raw = RawTokenizer.from_file(str(folder / "tokenizer.json"))
+    else:  # e.g. only a sentencepiece model: transformers can convert it to a fast one
+        try:
+            from transformers import AutoTokenizer
+
+            raw = AutoTokenizer.from_pretrained(folder).backend_tokenizer
+        except Exception as e:
+            raise FileNotFoundError(f"{folder} has no tokenizer.json, and transformers could "
+                                    "not build a fast tokenizer from its other files") from e
+    return Tokenizer(raw, eos_token=_eos_token(folder, raw))
+
+
+def _eos_token(folder: Path, raw) -> str | None:
+    """EOS from generation_config.json, then config.json, then tokenizer_config.json."""
+    def read(name: str) -> dict:
+        p = folder / name
+        return json.loads(p.read_text()) if p.exists() else {}
+
+    for name in ("generation_config.json", "config.json"):
+        ids = read(name).get("eos_token_id")
+        for i in ids if isinstance(ids, list) else [ids]:  # several: the first is the main one
+            token = raw.id_to_token(i) if isinstance(i, int) else None
+            if token is not None:
+                return token
+    token = read("tokenizer_config.json").get("eos_token")
+    token = token.get("content") if isinstance(token, dict) else token
+    return token if token is not None and raw.token_to_id(token) is not None else None
+
+
+# -- back to transformers --------------------------------------------------------------
+
+def to_hf(model: Transformer):
+    """A transformers model holding the same weights (same device and dtype), in eval mode.
+
+    gpt2 blocks -> GPT2LMHeadModel; llama blocks -> Qwen2ForCausalLM when only q/k/v have
+    biases, else LlamaForCausalLM (with attention and MLP biases when ``cfg.bias``).
+    """
+    import transformers as T
+
+    cfg = model.config
+    common = dict(vocab_size=cfg.vocab_size, tie_word_embeddings=cfg.tie_embeddings,
+                  bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    if cfg.block == "gpt2":
+        if cfg.n_kv_head != cfg.n_head:
+            raise ValueError("GPT-2 has no grouped-query attention: n_kv_head must equal n_head")
+        hf_cfg = T.GPT2Config(
+            n_embd=cfg.d_model, n_layer=cfg.n_layer, n_head=cfg.n_head, n_inner=cfg.d_ff,
+            n_positions=cfg.max_seq_len, layer_norm_epsilon=cfg.norm_eps,
+            activation_function="gelu_new", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+            **common)
+    else:
+        qwen = cfg.qkv_bias and not cfg.bias
+        extra = {} if qwen else dict(attention_bias=cfg.bias, mlp_bias=cfg.bias,
+                                     head_dim=cfg.head_dim)
+        hf_cfg = (T.Qwen2Config if qwen else T.LlamaConfig)(
+            hidden_size=cfg.d_model, intermediate_size=cfg.d_ff, num_hidden_layers=cfg.n_layer,
+            num_attention_heads=cfg.n_head, num_key_value_heads=cfg.n_kv_head,
+            max_position_embeddings=cfg.max_seq_len, rms_norm_eps=cfg.norm_eps,
+            rope_theta=cfg.rope_theta, rope_scaling=dict(cfg.rope_scaling or {}) or None,
+            **extra, **common)
+    with torch.device(model.device):  # RoPE buffers are made in fp32 there, as HF loads do
+        hf = T.AutoModelForCausalLM.from_config(hf_cfg, dtype=model.dtype)
+    state = state_dict_to_hf(model.state_dict(), cfg)
+    for k, t in hf.state_dict().items():  # e.g. GPT-2 biases our bias-free config lacks
+        if k not in state and k.endswith(".bias"):
+            state[k] = torch.zeros_like(t)
+    hf.load_state_dict(state, strict=True)
+    return hf.eval()
+
+
+def state_dict_to_hf(state: dict[str, torch.Tensor],
+                     cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    """The inverse of :func:`state_dict_from_hf`, with the prefixes transformers uses."""
+    prefix = "transformer." if cfg.block == "gpt2" else "model."
+    out = {"lm_head.weight": state["lm_head.weight"]}
+    for ours, theirs, conv1d in _module_pairs(cfg):
+        for suffix in ("weight", "bias"):
+            t = state.get(f"{ours}.{suffix}")
+            if t is not None:
+                out[f"{prefix}{theirs}.{suffix}"] = _transpose(t) if conv1d else t
+    if cfg.block == "gpt2":
+        return out
+    for i in range(cfg.n_layer):
+        kv_dim = cfg.n_kv_head * cfg.head_dim
+        for suffix in ("weight", "bias"):
+            fused = state.get(f"layers.{i}.attn.wqkv.{suffix}")
+            if fused is not None:
+                for p, t in zip("qkv", fused.split([cfg.d_model, kv_dim, kv_dim])):
+                    out[f"model.layers.{i}.self_attn.{p}_proj.{suffix}"] = t
+    return out
