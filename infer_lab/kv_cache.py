@@ -37,6 +37,7 @@ class KVCache:
         self.kpos = torch.full((batch, self.capacity), -1, dtype=torch.long, device=device)
         self.next_pos = torch.zeros(batch, dtype=torch.long, device=device)
         self.length = 0  # tokens written so far (slot count, shared by the batch)
+        self.padded = False  # any slot holding left padding (position -1)?
         self._pending: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @classmethod
@@ -76,10 +77,21 @@ class KVCache:
         T = pos.shape[1]
         keep = min(T, self.capacity)  # a long prefill into a small ring keeps its tail
         self.kpos[:, slots[-keep:] % self.capacity] = pos[:, -keep:]
+        self.padded = self.padded or bool((pos < 0).any())
         valid = pos[:, -1] >= 0
         self.next_pos = torch.where(valid, pos[:, -1] + 1, self.next_pos)
         self.length += T
         self._pending = None
+
+    def plain_causal(self, pos: torch.Tensor) -> bool:
+        """True when SDPA's built-in causal rule is exact, so no mask is needed.
+
+        That holds without padding or a window, for a decode step (one query sees every
+        key) or a first prefill (queries and keys are the same tokens).
+        """
+        T = pos.shape[1]
+        return (self.window is None and not self.padded and (T == 1 or self.length == 0)
+                and not (T > 1 and bool((pos < 0).any())))
 
     def key_positions(self) -> torch.Tensor:
         """Positions of the keys attention sees in this forward (B, S_seen)."""
@@ -123,6 +135,7 @@ class KVCache:
         self.length = length
 
     def reset(self) -> None:
+        self.padded = False
         self.kpos.fill_(-1)
         self.next_pos.zero_()
         self.length = 0

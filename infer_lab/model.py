@@ -90,12 +90,10 @@ class Attention(nn.Module):
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:
             k, v = cache.update(self.layer, k, v)  # (B, Hkv, S, D)
-        if self.n_kv_head != self.n_head:  # GQA: each KV head serves a group of queries
-            rep = self.n_head // self.n_kv_head
-            k = k.repeat_interleave(rep, dim=1)  # (B, H, S, D)
-            v = v.repeat_interleave(rep, dim=1)
+        # GQA: each KV head serves n_head / n_kv_head query heads, without copying K/V.
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
-                                           is_causal=mask is None and T > 1)
+                                           is_causal=mask is None and T > 1,
+                                           enable_gqa=self.n_kv_head != self.n_head)
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
         return self.wo(y)
 
@@ -200,7 +198,8 @@ class Transformer(nn.Module):
         rope = self._rope(pos, x.dtype) if self.pos_emb is None else None
         if cache is not None:
             cache.begin(pos)
-            mask = attention_mask(pos, cache.key_positions(), cache.window)
+            mask = None if cache.plain_causal(pos) else attention_mask(
+                pos, cache.key_positions(), cache.window)
         elif default_pos:
             mask = None  # plain causal attention: SDPA's fast path
         else:

@@ -1,0 +1,52 @@
+import importlib
+import json
+
+import pytest
+
+from infer_lab.bench import COMMANDS, build_parser, format_table, interleaved_times, main
+from infer_lab.bench.decode import matching_prefix
+
+
+def test_every_command_module_has_the_interface():
+    for name, module in COMMANDS.items():
+        mod = importlib.import_module(module)
+        assert callable(mod.add_arguments) and callable(mod.run), name
+
+
+def test_parser_knows_the_common_flags():
+    args = build_parser().parse_args(["decode", "--quick", "--json", "x.json"])
+    assert args.command == "decode" and args.quick and str(args.json) == "x.json"
+
+
+def test_decode_quick_writes_the_ratios(tmp_path, capsys):
+    out = tmp_path / "decode.json"
+    result = main(["decode", "--quick", "--json", str(out)])
+    data = json.loads(out.read_text())
+    assert data["ratios"] == pytest.approx(result["ratios"])
+    assert set(data["ratios"]) >= {"ours_vs_hf_code_m", "ours_vs_hf_gpt2",
+                                   "kv_cache_speedup_512"}
+    assert all(isinstance(v, float) and v > 0 for v in data["ratios"].values())
+    for name in ("code_m", "gpt2"):
+        r = data["results"][name]
+        assert r["ours_tokens_per_s"] > 0 and r["hf_tokens_per_s"] > 0
+        # same weights, greedy, fp32: both implementations pick the same tokens
+        assert r["greedy_tokens_agree"] == r["new_tokens"]
+    assert data["machine"]["threads"] >= 1 and data["hardware"]["source"] == "measured"
+    printed = capsys.readouterr().out
+    assert "tokens/s" in printed and "KV cache speedup" in printed
+
+
+def test_interleaved_times_alternates():
+    order = []
+    times = interleaved_times({"a": lambda: order.append("a"),
+                               "b": lambda: order.append("b")}, repeats=2, warmup=1,
+                              device="cpu")
+    assert order == ["a", "b", "a", "b", "a", "b"]
+    assert [len(v) for v in times.values()] == [2, 2]
+
+
+def test_helpers():
+    assert matching_prefix([1, 2, 3], [1, 2, 4]) == 2
+    assert matching_prefix([1, 2], [1, 2]) == 2
+    table = format_table([["x", 1.5, 12345.0]], ["run", "a", "b"])
+    assert "1.50" in table and "12,345" in table and table.splitlines()[0].startswith("run")
