@@ -3,7 +3,7 @@
 Two comparisons, measured in one run:
 
 1. The same weights in our :class:`~infer_lab.model.Transformer` and in transformers
-   (:func:`infer_lab.hf.to_hf`), greedy, batch 1, N new tokens, on ``code-m`` and on a
+   (:func:`infer_lab.hf_export.to_hf`), greedy, batch 1, N new tokens, on ``code-m`` and on a
    GPT-2-124M-shaped model with random weights. Fair by construction: same dtype, same
    threads, same prompt, warm-up calls, runs alternated, the median of the repeats.
 2. Our decode with and without the KV cache at 512 new tokens on ``code-m``: without
@@ -118,7 +118,7 @@ def _quiet_transformers():
 def bench_vs_hf(model: Transformer, cfg: DecodeBenchConfig, prompt: list[int],
                 progress=None) -> dict[str, Any]:
     """tokens/s of our generate and of transformers' on the same weights and prompt."""
-    from ..hf import to_hf
+    from ..hf_export import to_hf
 
     hf_model = to_hf(model)
     n = cfg.new_tokens
