@@ -35,8 +35,11 @@ OFFLINE_HINT = ("The embedded models 'code-s' and 'code-m' work offline: "
                 "infer_lab.load('code-m').")
 
 
-class CheckpointNotFoundError(FileNotFoundError):
-    """Neither a local folder nor a hub checkpoint this machine can get."""
+class CheckpointNotFoundError(FileNotFoundError, ValueError):
+    """Neither a local folder nor a hub checkpoint this machine can get.
+
+    Also a ValueError: to the caller, an unknown model name is bad input.
+    """
 
 
 # -- config --------------------------------------------------------------------------

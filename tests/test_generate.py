@@ -127,3 +127,5 @@ def test_unknown_model_names_raise():
     with pytest.raises(ValueError, match="embedded models"):
         from infer_lab.zoo import model_card
         model_card("code-xl")
+    with pytest.raises(ValueError, match="code-m"):
+        infer_lab.load("no-such-model-anywhere", device="cpu")
