@@ -1,0 +1,32 @@
+"""Weight quantization: primitives, quantized linear modules, and the module swap.
+
+Each method lives in its own file and plugs into a model from outside by replacing
+``nn.Linear`` modules (see :func:`quantize_model`).
+"""
+
+from .apply import (
+    SCHEMES,
+    Scheme,
+    Sensitivity,
+    is_quantized,
+    quantize_model,
+    sensitivity_scan,
+)
+from .int4 import Int4Linear
+from .int8 import Int8Linear
+from .primitives import (
+    QTensor,
+    bits_per_weight,
+    dequantize,
+    pack_int2,
+    pack_int4,
+    quantize,
+    unpack_int2,
+    unpack_int4,
+)
+
+__all__ = [
+    "SCHEMES", "Int4Linear", "Int8Linear", "QTensor", "Scheme", "Sensitivity",
+    "bits_per_weight", "dequantize", "is_quantized", "pack_int2", "pack_int4", "quantize",
+    "quantize_model", "sensitivity_scan", "unpack_int2", "unpack_int4",
+]
