@@ -21,6 +21,14 @@ COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e3
 DTYPE_BITS = {"fp32": 32, "fp16/bf16": 16, "int8": 8, "int4": 4}
 
 
+def bytes_unit(max_bytes: float) -> tuple[float, str]:
+    """(divisor, name) of the unit that shows ``max_bytes`` as a readable number."""
+    for div, name in ((1e9, "GB"), (1e6, "MB"), (1e3, "KB")):
+        if max_bytes >= div:
+            return div, name
+    return 1.0, "bytes"
+
+
 def _layout(fig: go.Figure, title: str, xtitle: str, ytitle: str, **kw) -> go.Figure:
     fig.update_layout(title=title, xaxis_title=xtitle, yaxis_title=ytitle,
                       template="plotly_white", height=kw.pop("height", 420),
@@ -113,7 +121,9 @@ def latency_cdf_figure(samples: Mapping[str, Sequence[float]],
     for q in (50, 95, 99):
         fig.add_hline(y=q, line={"color": "gray", "dash": "dot", "width": 1},
                       annotation_text=f"p{q}", annotation_position="right")
-    return _layout(fig, title, "latency (ms)", "requests at or below (%)")
+    _layout(fig, title, "latency (ms)", "requests at or below (%)")
+    fig.update_layout(legend={"orientation": "h", "yanchor": "bottom", "y": 1.0, "x": 0})
+    return fig
 
 
 def bar_figure(values: Mapping[str, float], title: str, ytitle: str,
@@ -159,11 +169,21 @@ def memory_bars_figure(sizes: Mapping[str, Mapping[str, float]],
                              text=[f"{y:.3g}" for y in ys], textposition="outside",
                              hovertemplate="%{x} " + dt + ": %{y:.3g} GB<extra></extra>"))
     for k, (label, b) in enumerate((limits or {}).items()):
-        fig.add_hline(y=b / GB, line={"color": "black", "dash": ["dash", "dot"][k % 2]},
-                      annotation_text=f"{label}: {b / GB:.3g} GB",
-                      annotation_position="top left")
+        # Annotations on a log axis take log10 coordinates, so add_hline's own label
+        # would land at 10^(GB): draw the line, then place its label by hand.
+        fig.add_hline(y=b / GB, line={"color": "black", "dash": ["dash", "dot"][k % 2]})
+        fig.add_annotation(x=0, xref="paper", xanchor="left", y=math.log10(b / GB),
+                           yanchor="bottom", showarrow=False,
+                           text=f"{label}: {b / GB:.3g} GB")
     _layout(fig, title, "model", "weight memory (GB, log)", barmode="group")
-    fig.update_yaxes(type="log")
+    # An explicit range: autorange of a log axis with bar labels outside the bars
+    # leaves no room for the labels.
+    vals = [v / GB for m in sizes.values() for v in m.values() if v > 0]
+    vals += [b / GB for b in (limits or {}).values()]
+    if vals:
+        lo, hi = math.log10(min(vals)), math.log10(max(vals))
+        fig.update_yaxes(range=[lo - 0.3, hi + 0.6])
+    fig.update_yaxes(type="log", exponentformat="none")
     return fig
 
 
@@ -171,24 +191,28 @@ def kv_growth_figure(curves: Mapping[str, tuple[Sequence[int], Sequence[float]]]
                      limits: Mapping[str, float] | None = None,
                      title: str = "KV-cache memory against context length",
                      marker: tuple[int, float] | None = None) -> go.Figure:
-    """KV-cache bytes (shown in GB) against tokens held, one line per model or setting.
+    """KV-cache bytes against tokens held, one line per model or setting.
+
+    Memory is shown in GB, MB or KB, whichever reads best.
 
     curves: {label: (token counts, bytes)}; limits: {label: bytes} as horizontal lines;
     marker: (tokens, bytes) of the point a calculator is showing.
     """
     fig = go.Figure()
+    top = max(v for _, b in curves.values() for v in b)
+    div, unit = bytes_unit(max([top, *(limits or {}).values()]))
     for k, (label, (toks, b)) in enumerate(curves.items()):
-        fig.add_trace(go.Scatter(x=list(toks), y=[v / GB for v in b], mode="lines",
+        fig.add_trace(go.Scatter(x=list(toks), y=[v / div for v in b], mode="lines",
                                  name=label, line={"color": COLORS[k % len(COLORS)]}))
     if marker is not None:
-        fig.add_trace(go.Scatter(x=[marker[0]], y=[marker[1] / GB], mode="markers",
+        fig.add_trace(go.Scatter(x=[marker[0]], y=[marker[1] / div], mode="markers",
                                  name="your setting",
                                  marker={"size": 12, "color": "black", "symbol": "x"}))
     for k, (label, b) in enumerate((limits or {}).items()):
-        fig.add_hline(y=b / GB, line={"color": "gray", "dash": ["dash", "dot"][k % 2]},
+        fig.add_hline(y=b / div, line={"color": "gray", "dash": ["dash", "dot"][k % 2]},
                       annotation_text=f"{label}: {b / GB:.3g} GB",
                       annotation_position="top left")
-    return _layout(fig, title, "tokens in the cache (tokens)", "KV-cache memory (GB)")
+    return _layout(fig, title, "tokens in the cache (tokens)", f"KV-cache memory ({unit})")
 
 
 def cost_figure(dollars_per_hour: float, tokens_per_s: float,

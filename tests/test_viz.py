@@ -178,3 +178,10 @@ def test_tradeoff_figure():
                               "KV memory (MB)", "decode time (s)")
     _titled(fig)
     assert [t.name for t in fig.data] == ["a", "b"]
+
+
+def test_kv_growth_picks_a_readable_unit():
+    fig = viz.kv_growth_figure({"small": ([1, 1000], [8e3, 8e6])})
+    assert fig.layout.yaxis.title.text == "KV-cache memory (MB)"
+    assert list(fig.data[0].y) == pytest.approx([0.008, 8.0])
+    assert viz.bytes_unit(5e10) == (1e9, "GB") and viz.bytes_unit(12) == (1.0, "bytes")
