@@ -221,7 +221,8 @@ def probe(device: torch.device | str | None = None,
     if device.type == "cuda":
         memory_gb = torch.cuda.get_device_properties(device).total_memory / 1e9
     kind = {"cuda": "gpu", "mps": "apple"}.get(device.type, "cpu")
-    threads = f", {torch.get_num_threads()} threads" if device.type == "cpu" else ""
+    n = torch.get_num_threads()
+    threads = f", {n} thread{'s' * (n != 1)}" if device.type == "cpu" else ""
     return HardwareSpec(device_name(device), kind,
                         measure_bandwidth(device, bandwidth_mb, repeats), tflops,
                         memory_gb, source="measured", note=f"{device.type}{threads}")
