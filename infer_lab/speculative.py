@@ -1,0 +1,222 @@
+"""Speculative decoding (Leviathan et al. 2023; Chen et al. 2023).
+
+A cheap *draft* proposes k tokens d_1..d_k with probabilities q; the *target* scores all
+k+1 positions in ONE forward pass (as cheap as a decode step when decoding is
+memory-bound) giving p. Each d_i is accepted with probability min(1, p(d_i) / q(d_i));
+at the first rejection a token is drawn from the residual norm(max(0, p - q)); when all
+k are accepted a bonus token comes from p_{k+1}. The output has exactly the target's
+distribution, and with greedy sampling it is token for token the target's greedy output.
+
+Expected tokens per target call, with acceptance rate a:  (1 - a^(k+1)) / (1 - a),
+so with a draft costing c target-steps per token the speedup is
+(1 - a^(k+1)) / ((1 - a)(k c + 1)).
+
+Drafts are objects with ``start(prompt)``, ``propose(k) -> (tokens, q | None)`` and
+``commit(accepted, next_token)``: a smaller model (:class:`ModelDrafter`) or an n-gram
+match in the text so far (:class:`PromptLookupDrafter`, "prompt lookup decoding";
+q = None means a deterministic proposal, i.e. q is one-hot).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from .generate import GREEDY, Sampling, check_prompts, logits_to_probs, make_generator
+from .kv_cache import KVCache
+from .model import Transformer
+
+
+@dataclass
+class SpecStats:
+    """What one speculative_decode call did."""
+
+    target_calls: int = 0
+    proposed: int = 0
+    accepted: int = 0
+    accepted_at: list[int] = field(default_factory=list)  # accepts by draft position
+    proposed_at: list[int] = field(default_factory=list)
+    draft_seconds: float = 0.0
+    target_seconds: float = 0.0
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.accepted / self.proposed if self.proposed else 0.0
+
+    @property
+    def tokens_per_target_call(self) -> float:
+        """Mean accepted draft tokens + 1 (the corrected or bonus token) per target call."""
+        return (self.accepted + self.target_calls) / self.target_calls if self.target_calls else 0.0
+
+    def acceptance_by_position(self) -> list[float]:
+        return [a / p if p else 0.0 for a, p in zip(self.accepted_at, self.proposed_at)]
+
+    def record(self, n_proposed: int, n_accepted: int) -> None:
+        self.target_calls += 1
+        self.proposed += n_proposed
+        self.accepted += n_accepted
+        while len(self.proposed_at) < n_proposed:
+            self.proposed_at.append(0)
+            self.accepted_at.append(0)
+        for i in range(n_proposed):
+            self.proposed_at[i] += 1
+            self.accepted_at[i] += int(i < n_accepted)
+
+
+def theoretical_speedup(alpha: float, k: int, c: float) -> float:
+    """Leviathan et al. eq. 1: expected speedup for acceptance rate alpha and cost ratio c."""
+    if alpha >= 1.0:
+        return (k + 1) / (k * c + 1)
+    return (1 - alpha ** (k + 1)) / ((1 - alpha) * (k * c + 1))
+
+
+def verify(p: torch.Tensor, q: torch.Tensor | None, draft: list[int], greedy: bool,
+           gen: torch.Generator | None) -> tuple[int, int]:
+    """Accept a prefix of ``draft``; return (n accepted, the next token).
+
+    p: (n+1, V) target probabilities at each draft position and one past it.
+    q: (n, V) draft probabilities, or None for a deterministic (one-hot) proposal.
+    """
+    for i, d in enumerate(draft):
+        if greedy:
+            if int(p[i].argmax()) != d:
+                return i, int(p[i].argmax())
+            continue
+        q_d = 1.0 if q is None else float(q[i, d])
+        if torch.rand((), generator=gen).item() < min(1.0, float(p[i, d]) / q_d):
+            continue
+        q_i = torch.nn.functional.one_hot(torch.tensor(d), p.shape[-1]).to(p) if q is None else q[i]
+        residual = (p[i] - q_i).clamp(min=0)
+        residual = residual / residual.sum()
+        return i, int(torch.multinomial(residual, 1, generator=gen))
+    last = p[len(draft)]
+    bonus = int(last.argmax()) if greedy else int(torch.multinomial(last, 1, generator=gen))
+    return len(draft), bonus
+
+
+class ModelDrafter:
+    """A smaller model proposes tokens autoregressively, with its own KV cache."""
+
+    def __init__(self, model: Transformer, sampling: Sampling = GREEDY):
+        self.model, self.sampling = model, sampling
+        self.gen: torch.Generator | None = None
+
+    def start(self, prompt: list[int], max_len: int, gen: torch.Generator | None) -> None:
+        self.cache = KVCache.for_model(self.model, 1, max_len)
+        self.pending = list(prompt)  # tokens not yet in the draft's cache
+        self.base: int | None = None
+        self.gen = gen
+
+    @torch.inference_mode()
+    def propose(self, k: int) -> tuple[list[int], torch.Tensor | None]:
+        if k == 0:
+            self.base = None
+            return [], None
+        tokens, probs = [], []
+        x = torch.tensor([self.pending], device=self.model.device)
+        self.base = self.cache.length + len(self.pending)  # cache length once pending is in
+        for _ in range(k):
+            logits = self.model(x, self.cache, last_only=True)[:, -1]  # (1, V)
+            q = logits_to_probs(logits.float(), self.sampling)[0]  # (V,)
+            t = int(q.argmax()) if self.sampling.greedy else int(
+                torch.multinomial(q, 1, generator=self.gen))
+            tokens.append(t)
+            probs.append(q)
+            x = torch.tensor([[t]], device=self.model.device)
+        return tokens, torch.stack(probs)
+
+    def commit(self, accepted: list[int], next_token: int) -> None:
+        if self.base is None:  # nothing was proposed this round
+            self.pending.append(next_token)
+            return
+        # The cache holds pending + draft[:-1]; keep pending + the accepted ones.
+        keep = self.base + len(accepted)
+        if keep <= self.cache.length:
+            self.cache.rollback(keep)
+            self.pending = [next_token]
+        else:  # all k accepted: the last draft token never went through the draft
+            self.pending = [accepted[-1], next_token]
+
+
+class PromptLookupDrafter:
+    """Propose the tokens that followed the latest earlier occurrence of the last n-gram.
+
+    No draft model: code and edits repeat their context, so the continuation of a
+    repeated n-gram is often right (Saxena 2023, "prompt lookup decoding").
+    """
+
+    def __init__(self, max_ngram: int = 3, min_ngram: int = 1):
+        if not 1 <= min_ngram <= max_ngram:
+            raise ValueError("need 1 <= min_ngram <= max_ngram")
+        self.max_ngram, self.min_ngram = max_ngram, min_ngram
+
+    def start(self, prompt: list[int], max_len: int, gen: torch.Generator | None) -> None:
+        self.tokens = list(prompt)
+
+    def propose(self, k: int) -> tuple[list[int], None]:
+        t = self.tokens
+        if k == 0:
+            return [], None
+        for n in range(min(self.max_ngram, len(t) - 1), self.min_ngram - 1, -1):
+            tail = t[-n:]
+            for s in range(len(t) - n - 1, -1, -1):  # latest match first
+                if t[s:s + n] == tail:
+                    return t[s + n:s + n + k], None
+        return [], None
+
+    def commit(self, accepted: list[int], next_token: int) -> None:
+        self.tokens += accepted + [next_token]
+
+
+@torch.inference_mode()
+def speculative_decode(target: Transformer, draft: Transformer | ModelDrafter |
+                       PromptLookupDrafter, prompt: list[int], max_new_tokens: int,
+                       k: int = 4, sampling: Sampling = GREEDY, eos_id: int | None = None
+                       ) -> tuple[list[int], SpecStats]:
+    """Generate up to ``max_new_tokens`` for one prompt; returns (tokens, statistics)."""
+    if k < 1:
+        raise ValueError(f"k (draft tokens per step) must be >= 1, got {k}")
+    check_prompts(target, [prompt], max_new_tokens)
+    if isinstance(draft, Transformer):
+        draft = ModelDrafter(draft, sampling)
+    if isinstance(draft, ModelDrafter):
+        _check_pair(target, draft.model)
+    max_len = len(prompt) + max_new_tokens + k + 1
+    max_len = min(max_len, target.config.max_seq_len)
+    gen = make_generator(sampling, target.device)
+    cache = KVCache.for_model(target, 1, max_len)
+    stats, out = SpecStats(), []
+    draft.start(prompt, max_len, gen)
+    pending = list(prompt)  # tokens not yet in the target's cache
+    while len(out) < max_new_tokens and not (out and out[-1] == eos_id):
+        room = min(k, max_new_tokens - len(out) - 1,
+                   target.config.max_seq_len - cache.length - len(pending))
+        t0 = time.perf_counter()
+        proposal, q = draft.propose(max(room, 0))
+        t1 = time.perf_counter()
+        x = torch.tensor([pending + proposal], device=target.device)
+        logits = target(x, cache)[0, len(pending) - 1:]  # (n+1, V)
+        p = logits_to_probs(logits.float(), sampling)
+        n, nxt = verify(p, q, proposal, sampling.greedy, gen)
+        stats.target_seconds += time.perf_counter() - t1
+        stats.draft_seconds += t1 - t0
+        stats.record(len(proposal), n)
+        cache.rollback(cache.length - (len(proposal) - n))  # drop rejected draft tokens
+        accepted = proposal[:n]
+        draft.commit(accepted, nxt)
+        pending = [nxt]
+        for tok in accepted + [nxt]:
+            if len(out) < max_new_tokens and not (out and out[-1] == eos_id):
+                out.append(tok)
+    return out, stats
+
+
+def _check_pair(target: Transformer, draft: Transformer) -> None:
+    if draft.config.vocab_size != target.config.vocab_size:
+        raise ValueError(f"draft vocabulary ({draft.config.vocab_size}) differs from the "
+                         f"target's ({target.config.vocab_size}): they must share a tokenizer")
+    if draft.device != target.device:
+        raise ValueError(f"draft is on {draft.device} but target is on {target.device}: "
+                         "move both to one device")
