@@ -31,9 +31,8 @@ class KVCache:
         self.window = window
         self.capacity = min(max_len, window) if window else max_len
         self.max_len = max_len
-        shape = (n_layer, batch, n_kv_head, self.capacity, head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.dtype = dtype
+        self._allocate((n_layer, batch, n_kv_head, self.capacity, head_dim), dtype, device)
         self.kpos = torch.full((batch, self.capacity), -1, dtype=torch.long, device=device)
         self.next_pos = torch.zeros(batch, dtype=torch.long, device=device)
         self.length = 0  # tokens written so far (slot count, shared by the batch)
@@ -49,9 +48,14 @@ class KVCache:
         return cls(cfg.n_layer, batch, cfg.n_kv_head, cfg.head_dim,
                    max_len or cfg.max_seq_len, window=window, dtype=p.dtype, device=p.device)
 
+    def _allocate(self, shape: tuple[int, ...], dtype: torch.dtype, device) -> None:
+        """The K/V storage; quantized caches (infer_lab.quant.kv) store codes instead."""
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+
     @property
     def batch(self) -> int:
-        return self.k.shape[1]
+        return self.kpos.shape[0]
 
     def bytes(self) -> int:
         """Bytes held by K and V (the preallocated buffers, used or not)."""
