@@ -28,6 +28,8 @@ import torch
 # sibling module and one line here.
 COMMANDS: dict[str, str] = {
     "decode": "infer_lab.bench.decode",
+    "quant": "infer_lab.bench.quant",
+    "speculative": "infer_lab.bench.speculative",
 }
 
 

@@ -1,0 +1,518 @@
+"""Weight quantization: bytes, bits per weight, perplexity, exact match and decode speed.
+
+Every scheme runs on the same weights: ``code-m`` (the zoo model: quality and speed) and
+a GPT-2-124M-shaped model with random weights (bytes and speed only; random weights have
+no quality to lose). Rows come from four families:
+
+* ours, round-to-nearest (RTN): :data:`~infer_lab.quant.apply.SCHEMES` (int8 / int4 at
+  several granularities), NF4, FP8 e4m3, GGUF Q8_0 / Q4_K / a Q4_K_M-style mix. These
+  dequantize then multiply: they show the bytes saved, not a fused kernel's speed.
+* calibrated 4-bit: GPTQ and AWQ at the RTN group size, when :mod:`~infer_lab.quant.gptq`
+  and :mod:`~infer_lab.quant.awq` are present.
+* PyTorch's dynamic int8 (``quantize_dynamic``): int8 weights *and* int8 activations,
+  multiplied by the fbgemm int8 GEMM, the one int8 path here with a real int8 kernel.
+* bitsandbytes ``Linear8bitLt`` (LLM.int8()) and ``Linear4bit`` NF4, built from the
+  same weights, when bitsandbytes runs on this machine.
+
+The tied ``lm_head`` stays in fp32 everywhere (a quantized copy would add bytes). The
+share of RTN's 4-bit perplexity gap a calibrated method recovers is
+
+    gap_recovered = (PPL_rtn - PPL_method) / (PPL_rtn - PPL_fp32)     (same group size)
+
+Decode tokens/s counts new tokens over the whole call (prefill included), greedy, batch
+1, fp32 activations; contenders alternate (:func:`~infer_lab.bench.interleaved_times`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import importlib
+import inspect
+import logging
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..config import get_config
+from ..generate import GREEDY, generate
+from ..model import Transformer
+from ..quant.apply import SCHEMES, _linears, _set_module, _tied, quantize_model
+from . import format_table, interleaved_times, median
+
+
+@dataclass(frozen=True)
+class QuantBenchConfig:
+    ppl_tokens: int = 16384  # held-out tokens scored for perplexity
+    seq_len: int = 256
+    em_samples: int = 50  # next-line exact match samples
+    em_line_tokens: int = 48
+    em_context_chars: int = 2000  # file text before each target line
+    new_tokens: int = 64  # decode, code-m
+    gpt2_new_tokens: int = 32  # decode, GPT-2 shape (fp32 runs at a few tokens/s on CPU)
+    prompt_tokens: int = 16
+    repeats: int = 3
+    gpt2_repeats: int = 2
+    calib_seqs: int = 16  # GPTQ / AWQ calibration windows of calib_len training tokens
+    calib_len: int = 256
+    group_size: int = 64  # RTN, GPTQ and AWQ 4-bit compared at this group size
+    awq_grid: int = 20  # alpha values AWQ's scale search tries per layer
+    awq_sample: int = 1024  # token inputs per layer that score each alpha
+    seed: int = 0
+
+
+FULL = QuantBenchConfig()
+QUICK = QuantBenchConfig(ppl_tokens=256, seq_len=64, em_samples=4, em_line_tokens=8,
+                         em_context_chars=200, new_tokens=4, gpt2_new_tokens=4,
+                         prompt_tokens=4, repeats=1, gpt2_repeats=1, calib_seqs=2,
+                         calib_len=32, awq_grid=4, awq_sample=64)
+# --quick: random weights, each model's block style, a few hundred thousand parameters;
+# d_model 256 so every format (Q4_K's 256-weight super-blocks included) applies.
+TINY = {"n_layer": 2, "d_model": 256, "n_head": 4, "d_ff": 512, "max_seq_len": 128}
+
+
+class Unavailable(Exception):
+    """A row that cannot run here; the message says why."""
+
+
+# -- building the quantized models ----------------------------------------------------------
+def eligible(model: nn.Module) -> dict[str, nn.Linear]:
+    """The linear layers every scheme quantizes: all but the tied lm_head."""
+    return {n: m for n, m in _linears(model).items()
+            if n != "lm_head" and not _tied(model, n, m)}
+
+
+def swap(model: nn.Module, make: Callable[[str, nn.Linear], nn.Module]) -> nn.Module:
+    """A copy of ``model`` with each eligible linear replaced by ``make(name, linear)``."""
+    model = copy.deepcopy(model)
+    for name, linear in eligible(model).items():
+        _set_module(model, name, make(name, linear))
+    return model
+
+
+def rtn(name: str):
+    """An apply.SCHEMES preset. A layer whose width the group size does not divide (code-m's
+    d_ff = 704 for g128) gets the largest halved group size that does, as an override."""
+    def build(m: nn.Module, ctx) -> nn.Module:
+        scheme = SCHEMES[name]
+        gs, over = scheme.group_size, {}
+        for n, lin in eligible(m).items():
+            g = gs
+            while g and lin.in_features % g:
+                g //= 2
+            if g != gs:
+                over[n] = replace(scheme, group_size=g, overrides={})
+        return quantize_model(copy.deepcopy(m), replace(scheme, overrides=over))
+    return build
+
+
+def nf4(m: nn.Module, ctx) -> nn.Module:
+    from ..quant.nf4 import NF4Linear
+
+    return swap(m, lambda n, lin: NF4Linear.from_linear(lin, blocksize=64))
+
+
+def fp8(m: nn.Module, ctx) -> nn.Module:
+    from ..quant.fp8 import FP8Linear
+
+    return swap(m, lambda n, lin: FP8Linear.from_linear(lin, fmt="e4m3"))
+
+
+def gguf(fmt: str):
+    """Q8_0, Q4_K or the Q4_K_M mix. A layer whose width is not a multiple of Q4_K's
+    256-weight super-block falls back to Q8_0, as llama.cpp falls back to a format that
+    fits (code-m's d_ff = 704 is such a width)."""
+    def build(m: nn.Module, ctx) -> nn.Module:
+        from ..quant.blocks import QK_K, Q4KLinear, Q8_0Linear, q4_k_m_assignment
+
+        names = list(eligible(m))
+        plan = (q4_k_m_assignment(names, m.config.n_layer) if fmt == "q4_k_m"
+                else dict.fromkeys(names, fmt))
+        cls = {"q8_0": Q8_0Linear, "q4_k": Q4KLinear}
+
+        def make(name: str, lin: nn.Linear) -> nn.Module:
+            f = plan[name] if lin.in_features % QK_K == 0 else "q8_0"
+            return cls[f].from_linear(lin)
+
+        return swap(m, make)
+    return build
+
+
+def dynamic_int8(m: nn.Module, ctx) -> nn.Module:
+    """PyTorch's dynamic quantization: int8 per-channel weights, activations quantized
+    per call, fbgemm's int8 GEMM (x86). The eager API is deprecated in favour of torchao
+    but still ships with torch; its warning is silenced here."""
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    if "fbgemm" not in torch.backends.quantized.supported_engines:
+        raise Unavailable("no fbgemm quantized engine in this torch build")
+    spec = dict.fromkeys(eligible(m), per_channel_dynamic_qconfig)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return quantize_dynamic(copy.deepcopy(m), spec, dtype=torch.qint8)
+
+
+def _bnb():
+    try:
+        import bitsandbytes as bnb
+    except Exception as e:  # ImportError, or a backend that fails to load
+        raise Unavailable(f"bitsandbytes not importable: {e}") from e
+    return bnb
+
+
+def bnb_int8(m: nn.Module, ctx) -> nn.Module:
+    """LLM.int8(): int8 row-wise weights; activation columns above 6.0 in fp."""
+    bnb = _bnb()
+
+    def make(name: str, lin: nn.Linear) -> nn.Module:
+        q = bnb.nn.Linear8bitLt(lin.in_features, lin.out_features, bias=lin.bias is not None,
+                                has_fp16_weights=False, threshold=6.0)
+        q.weight = bnb.nn.Int8Params(lin.weight.data.clone(), requires_grad=False,
+                                     has_fp16_weights=False)
+        if lin.bias is not None:
+            q.bias = nn.Parameter(lin.bias.data.clone(), requires_grad=False)
+        return q.to(lin.weight.device)  # the move is what quantizes the weight
+
+    return _checked(swap(m, make), m)
+
+
+def bnb_nf4(m: nn.Module, ctx) -> nn.Module:
+    """QLoRA's NF4, block 64, bitsandbytes' default double quantization of the absmax."""
+    bnb = _bnb()
+
+    def make(name: str, lin: nn.Linear) -> nn.Module:
+        q = bnb.nn.Linear4bit(lin.in_features, lin.out_features, bias=lin.bias is not None,
+                              quant_type="nf4", compute_dtype=lin.weight.dtype)
+        q.weight = bnb.nn.Params4bit(lin.weight.data.clone(), requires_grad=False,
+                                     quant_type="nf4", blocksize=64)
+        if lin.bias is not None:
+            q.bias = nn.Parameter(lin.bias.data.clone(), requires_grad=False)
+        return q.to(lin.weight.device)
+
+    return _checked(swap(m, make), m)
+
+
+def _checked(q: nn.Module, ref: nn.Module) -> nn.Module:
+    """One forward, so a backend that cannot run here becomes a row with a reason."""
+    try:
+        with torch.inference_mode():
+            q(torch.zeros(1, 2, dtype=torch.long, device=ref.device))
+    except Exception as e:
+        raise Unavailable(f"forward failed here: {type(e).__name__}: {e}") from e
+    return q
+
+
+def calibrated(module: str, fn: str):
+    """GPTQ / AWQ, imported when the row runs: they may not exist yet."""
+    def build(m: nn.Module, ctx) -> nn.Module:
+        try:
+            mod = importlib.import_module(f"infer_lab.quant.{module}")
+            quantize = getattr(mod, fn)
+        except Exception as e:
+            raise Unavailable(f"infer_lab.quant.{module}.{fn} not available yet "
+                              f"({type(e).__name__}: {e})") from e
+        if ctx.get("calib_ids") is None:
+            raise Unavailable("calibrated on code-m only (random weights have no "
+                              "activations worth calibrating on; bytes = int4-g64's)")
+        # Pass only the options this version of the quantizer takes (AWQ's grid size).
+        params = inspect.signature(quantize).parameters
+        extra = {k: v for k, v in ctx["options"].items() if k in params}
+        return quantize(copy.deepcopy(m), ctx["calib_ids"], bits=4,
+                        group_size=ctx["group_size"], **extra)
+    return build
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    build: Callable[[nn.Module, dict], nn.Module]
+    int8: bool = False  # an 8-bit integer path, a contender for int8_speed_vs_fp32
+
+
+METHODS: list[Method] = [
+    Method("fp32", lambda m, ctx: m),
+    Method("int8", rtn("int8"), int8=True),
+    Method("int8-tensor", rtn("int8-tensor"), int8=True),
+    Method("int8 dynamic (fbgemm)", dynamic_int8, int8=True),
+    Method("bnb int8 (LLM.int8)", bnb_int8, int8=True),
+    Method("q8_0", gguf("q8_0"), int8=True),
+    Method("fp8-e4m3", fp8),
+    Method("int4-channel", rtn("int4-channel")),
+    Method("int4-g128", rtn("int4-g128")),
+    Method("int4-g64", rtn("int4-g64")),
+    Method("int4-g32", rtn("int4-g32")),
+    Method("int4-g64-asym", rtn("int4-g64-asym")),
+    Method("gptq int4-g64", calibrated("gptq", "gptq_quantize_model")),
+    Method("awq int4-g64", calibrated("awq", "awq_quantize_model")),
+    Method("nf4-b64", nf4),
+    Method("bnb nf4", bnb_nf4),
+    Method("q4_k", gguf("q4_k")),
+    Method("q4_k_m", gguf("q4_k_m")),
+]
+
+
+# -- bytes --------------------------------------------------------------------------------
+def _bytes(v: Any, seen: set[int]) -> int:
+    """Bytes of a state_dict value: tensors, quantized tensors, and the (weight, bias)
+    tuples that torch's quantized linears keep as packed params; each storage once."""
+    if isinstance(v, (tuple, list)):
+        return sum(_bytes(x, seen) for x in v)
+    if not isinstance(v, torch.Tensor) or v.numel() == 0:
+        return 0
+    if v.is_quantized:
+        extra = 8 if v.qscheme() in (torch.per_tensor_affine, torch.per_tensor_symmetric) \
+            else 8 * v.q_per_channel_scales().numel()  # fp32 scale + int32 zero point
+        return v.numel() * v.element_size() + extra
+    key = v.untyped_storage().data_ptr()
+    if key in seen:
+        return 0
+    seen.add(key)
+    return v.numel() * v.element_size()
+
+
+def stored_bytes(module: nn.Module, skip_bias: bool = False) -> int:
+    """Bytes a module stores (parameters, buffers, packed params), tied tensors once."""
+    seen: set[int] = set()
+    total = 0
+    for k, v in module.state_dict(keep_vars=True).items():
+        if skip_bias and k.rsplit(".", 1)[-1] == "bias":
+            continue
+        if skip_bias and isinstance(v, tuple):  # torch's packed (weight, bias)
+            v = v[0]
+        total += _bytes(v, seen)
+    return total
+
+
+def linear_bits_per_weight(model: nn.Module, names: list[str]) -> float:
+    """Bits per weight of the quantized layers: every stored byte of the layer (codes,
+    scales, zero points) but its bias, over its in * out weights."""
+    total = sum(stored_bytes(model.get_submodule(n), skip_bias=True) for n in names)
+    n_weights = sum(model.get_submodule(n).in_features * model.get_submodule(n).out_features
+                    for n in names)
+    return 8 * total / n_weights
+
+
+# -- measuring ------------------------------------------------------------------------------
+def build_all(fp: nn.Module, ctx: dict, progress=None) -> dict[str, nn.Module | str]:
+    """name -> quantized model, or the reason it is not available."""
+    out: dict[str, nn.Module | str] = {}
+    for method in METHODS:
+        try:
+            out[method.name] = method.build(fp, ctx).eval()
+        except Unavailable as e:
+            out[method.name] = str(e)
+        except (ValueError, RuntimeError, NotImplementedError) as e:
+            out[method.name] = f"failed: {type(e).__name__}: {e}"
+        _tick(progress)
+    return out
+
+
+def decode_speeds(models: dict[str, nn.Module], n: int, repeats: int, prompt: list[int],
+                  progress=None) -> dict[str, dict[str, Any]]:
+    """tokens/s of each model, runs alternated across all of them."""
+    with torch.inference_mode():
+        for m in models.values():  # warm-up on a few tokens: one-off costs do not scale
+            generate(m, [prompt], min(n, 4), GREEDY, eos_id=None)
+        fns = {k: (lambda m=m: generate(m, [prompt], n, GREEDY, eos_id=None))
+               for k, m in models.items()}
+        times = interleaved_times(fns, repeats, 0, "cpu", progress)
+    return {k: {"tokens_per_s": n / median(t), "best_tokens_per_s": n / min(t),
+                "times_s": t} for k, t in times.items()}
+
+
+def quality(model: nn.Module, ctx: dict, cfg: QuantBenchConfig) -> dict[str, float]:
+    """Perplexity of the held-out token ids (encoded once) and next-line exact match."""
+    from ..quality import next_line_exact_match, perplexity
+
+    with torch.inference_mode():
+        p = perplexity(model, ctx["ppl_ids"], seq_len=cfg.seq_len, progress=False)
+        em = next_line_exact_match(model, ctx["tok"], ctx["text"], cfg.em_samples, cfg.seed,
+                                   max_line_tokens=cfg.em_line_tokens,
+                                   context_chars=cfg.em_context_chars, progress=False)
+    return {"ppl": p.ppl, "ppl_tokens": p.n_tokens,
+            "exact_match": em.score, "exact_match_n": em.n}
+
+
+def bench_model(fp: nn.Module, ctx: dict, cfg: QuantBenchConfig, with_quality: bool,
+                n: int, repeats: int, bar) -> dict[str, dict[str, Any]]:
+    built = build_all(fp, ctx, bar)
+    ready = {k: m for k, m in built.items() if isinstance(m, nn.Module)}
+    names = list(eligible(fp))
+    rows: dict[str, dict[str, Any]] = {}
+    for k, m in built.items():
+        if isinstance(m, str):
+            rows[k] = {"available": False, "reason": m}
+            continue
+        rows[k] = {"available": True, "weight_bytes": stored_bytes(m),
+                   "bits_per_weight": linear_bits_per_weight(m, names)}
+        if with_quality:
+            rows[k].update(quality(m, ctx, cfg))
+            _tick(bar)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    prompt = torch.randint(fp.config.vocab_size, (cfg.prompt_tokens,), generator=gen).tolist()
+    for k, r in decode_speeds(ready, n, repeats, prompt, bar).items():
+        rows[k].update(r, new_tokens=n)
+    return rows
+
+
+def _tick(progress, k: int = 1) -> None:
+    if progress is not None:
+        progress.update(k)
+
+
+def build_models(quick: bool) -> tuple[Transformer, Transformer, Any, str]:
+    """code-m (zoo weights when shipped), the GPT-2 shape, the tokenizer, code-m's source."""
+    from ..zoo import load_zoo
+
+    if quick:
+        from ..zoo import load_tokenizer
+
+        tok = load_tokenizer()
+        code_m = Transformer(get_config("code-m", **TINY, n_kv_head=2,
+                                       vocab_size=tok.vocab_size))
+        source = "random (tiny code-m shape, --quick)"
+    else:
+        code_m, tok = load_zoo("code-m")
+        source = "zoo weights"
+    gpt2 = Transformer(get_config("gpt2", **TINY, n_kv_head=4, vocab_size=512) if quick
+                       else get_config("gpt2"))
+    return code_m.float().eval(), gpt2.float().eval(), tok, source
+
+
+# -- run and report -----------------------------------------------------------------------
+def ratios_of(code_m: dict, gpt2: dict) -> tuple[dict[str, float | None], dict[str, str]]:
+    """The headline ratios, and a note for each: what it compares, or why it is null."""
+    ratios: dict[str, float | None] = {}
+    notes: dict[str, str] = {}
+    fp = code_m["fp32"]["ppl"]
+    int8 = code_m["int8"]
+    ratios["int8_ppl_increase"] = (int8["ppl"] - fp) / fp if int8["available"] else None
+    notes["int8_ppl_increase"] = "(PPL_int8 - PPL_fp32) / PPL_fp32, int8 per-channel RTN"
+    rtn4 = code_m["int4-g64"]
+    gap = rtn4["ppl"] - fp if rtn4["available"] else float("nan")
+    for key, name in (("gptq4_gap_recovered", "gptq int4-g64"),
+                      ("awq4_gap_recovered", "awq int4-g64")):
+        r = code_m[name]
+        if not r["available"]:
+            ratios[key], notes[key] = None, f"{name}: {r['reason']}"
+        elif not gap > 0:
+            ratios[key], notes[key] = None, "RTN int4-g64 has no perplexity gap to recover"
+        else:
+            ratios[key] = (rtn4["ppl"] - r["ppl"]) / gap
+            notes[key] = f"(PPL_rtn - PPL_{name.split()[0]}) / (PPL_rtn - PPL_fp32), g64"
+    speeds = {m.name: gpt2[m.name]["tokens_per_s"] for m in METHODS
+              if m.int8 and gpt2[m.name]["available"]}
+    if speeds:
+        best = max(speeds, key=speeds.get)
+        ratios["int8_speed_vs_fp32_gpt2"] = speeds[best] / gpt2["fp32"]["tokens_per_s"]
+        notes["int8_speed_vs_fp32_gpt2"] = f"fastest int8 path: {best}"
+        notes["int8_speed_vs_fp32_gpt2_path"] = best
+    else:
+        ratios["int8_speed_vs_fp32_gpt2"] = None
+        notes["int8_speed_vs_fp32_gpt2"] = "no int8 path ran"
+    return ratios, notes
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ppl-tokens", type=int, default=None,
+                        help=f"held-out tokens for perplexity ({FULL.ppl_tokens})")
+    parser.add_argument("--em-samples", type=int, default=None,
+                        help=f"next-line exact match samples ({FULL.em_samples})")
+    parser.add_argument("--new-tokens", type=int, default=None,
+                        help=f"decode tokens per call on code-m ({FULL.new_tokens})")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's choice)")
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from tqdm.auto import tqdm
+
+    from ..zoo.data import held_out_text
+
+    if getattr(args, "threads", None):
+        torch.set_num_threads(args.threads)
+    base = QUICK if args.quick else FULL
+    over = {k: v for k, v in (("ppl_tokens", args.ppl_tokens),
+                              ("em_samples", args.em_samples),
+                              ("new_tokens", args.new_tokens)) if v}
+    cfg = QuantBenchConfig(**{**asdict(base), **over})
+    torch.manual_seed(cfg.seed)
+    code_m, gpt2, tok, source = build_models(args.quick)
+    text = held_out_text()
+    calib = None
+    try:
+        from ..quant.gptq import calibration_ids
+
+        calib = calibration_ids(tok, cfg.calib_seqs, cfg.calib_len, cfg.seed)
+    except (ImportError, ValueError) as e:
+        print(f"no calibration ids ({e}); GPTQ/AWQ rows skipped")
+    # Encoded once for every row: EOS first, as the zoo was trained, then the text.
+    ids = tok.encode(held_out_text(max_chars=12 * cfg.ppl_tokens))
+    ppl_ids = ([tok.eos_id] if tok.eos_id is not None else []) + ids[:cfg.ppl_tokens]
+    ctx = {"tok": tok, "text": text, "ppl_ids": ppl_ids, "calib_ids": calib,
+           "group_size": cfg.group_size,
+           "options": {"grid": cfg.awq_grid, "n_sample": cfg.awq_sample}}
+
+    # bitsandbytes logs on every int8 matmul that fp32 inputs are cast to fp16.
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    n = len(METHODS)
+    steps = (2 * n + n + n * (cfg.repeats + 1) + n * (cfg.gpt2_repeats + 1))
+    with tqdm(total=steps, desc="quant bench") as bar:
+        res_m = bench_model(code_m, ctx, cfg, True, cfg.new_tokens, cfg.repeats, bar)
+        res_g = bench_model(gpt2, {**ctx, "calib_ids": None}, cfg, False,
+                            cfg.gpt2_new_tokens, cfg.gpt2_repeats, bar)
+    ratios, notes = ratios_of(res_m, res_g)
+    results = {"code_m": {"weights": source, "n_params": code_m.config.n_params,
+                          "methods": res_m},
+               "gpt2": {"weights": "random (GPT-2 124M shape)" if not args.quick
+                        else "random (tiny GPT-2 shape, --quick)",
+                        "n_params": gpt2.config.n_params, "methods": res_g}}
+    print(report(results, cfg, ratios, notes))
+    return {"settings": {**asdict(cfg), "threads": torch.get_num_threads()},
+            "results": results, "ratios": ratios, "ratio_notes": notes}
+
+
+def report(results: dict[str, Any], cfg: QuantBenchConfig, ratios: dict[str, float | None],
+           notes: dict[str, str]) -> str:
+    m, g = results["code_m"]["methods"], results["gpt2"]["methods"]
+    fp_m, fp_g = m["fp32"]["weight_bytes"], g["fp32"]["weight_bytes"]
+    fp_tps = g["fp32"]["tokens_per_s"]
+    rows, missing = [], []
+    for method in METHODS:
+        a, b = m[method.name], g[method.name]
+        if not a["available"]:
+            missing.append(f"  {method.name}: {a['reason']}")
+            rows.append([method.name, *["n/a"] * 5, *(["n/a"] * 3 if not b["available"]
+                                                      else _speed_cells(b, fp_tps))])
+            continue
+        rows.append([method.name, a["weight_bytes"] / 2**20, a["bits_per_weight"], a["ppl"],
+                     f"{a['exact_match']:.0%}", a["tokens_per_s"],
+                     *(_speed_cells(b, fp_tps) if b["available"] else ["n/a"] * 3)])
+        if not b["available"]:
+            missing.append(f"  {method.name} (gpt2): {b['reason']}")
+    table = format_table(rows, ["scheme", "code-m MiB", "bits/w", "ppl", "exact match",
+                                "tok/s", "gpt2 MiB", "gpt2 tok/s", "vs fp32"])
+    head = (f"code-m ({results['code_m']['weights']}): ppl on {m['fp32']['ppl_tokens']} "
+            f"held-out tokens, next-line exact match on {m['fp32']['exact_match_n']} "
+            f"lines, decode {cfg.new_tokens} tokens; gpt2 ({results['gpt2']['weights']}): "
+            f"decode {cfg.gpt2_new_tokens} tokens. Greedy, batch 1, fp32 activations, "
+            f"{torch.get_num_threads()} threads, median of {cfg.repeats} / "
+            f"{cfg.gpt2_repeats}. bits/w: quantized linears only (codes + scales), "
+            f"lm_head tied and fp32. fp32: {fp_m / 2**20:.1f} / {fp_g / 2**20:.1f} MiB. "
+            "Widths a group or block does not fit (code-m's d_ff = 704) fall back: "
+            "int4-g128 -> g64, Q4_K -> Q8_0.")
+    lines = [head, table, ""]
+    if missing:
+        lines += ["not run:", *missing, ""]
+    for k, v in ratios.items():
+        lines.append(f"{k}: {'null' if v is None else f'{v:.4g}'}  ({notes[k]})")
+    return "\n".join(lines)
+
+
+def _speed_cells(r: dict[str, Any], fp_tokens_per_s: float) -> list[Any]:
+    return [r["weight_bytes"] / 2**20, r["tokens_per_s"],
+            f"{r['tokens_per_s'] / fp_tokens_per_s:.2f}x"]
