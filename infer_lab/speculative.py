@@ -14,7 +14,8 @@ so with a draft costing c target-steps per token the speedup is
 Drafts are objects with ``start(prompt)``, ``propose(k) -> (tokens, q | None)`` and
 ``commit(accepted, next_token)``: a smaller model (:class:`ModelDrafter`) or an n-gram
 match in the text so far (:class:`PromptLookupDrafter`, "prompt lookup decoding";
-q = None means a deterministic proposal, i.e. q is one-hot).
+q = None means a deterministic proposal, i.e. q is one-hot), or a quantized copy of the
+target itself (:func:`quantized_draft`, self-speculation).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class SpecStats:
     target_calls: int = 0
     proposed: int = 0
     accepted: int = 0
+    rejected: int = 0  # target calls that rejected a draft token (the others took all)
     accepted_at: list[int] = field(default_factory=list)  # accepts by draft position
     proposed_at: list[int] = field(default_factory=list)
     draft_seconds: float = 0.0
@@ -43,7 +45,22 @@ class SpecStats:
 
     @property
     def acceptance_rate(self) -> float:
+        """Accepted over proposed draft tokens (falls with k: tokens after a rejection
+        count as proposed but never get a chance)."""
         return self.accepted / self.proposed if self.proposed else 0.0
+
+    @property
+    def alpha(self) -> float:
+        """Per-token acceptance probability, the alpha of the speedup formula.
+
+        Each draft token is judged only if all before it were accepted; with independent
+        accepts of probability alpha the maximum-likelihood estimate is
+        accepted / (accepted + rejections). Unlike :attr:`acceptance_rate` it does not
+        depend on k, so it can be compared across k and plugged into
+        :func:`theoretical_speedup`.
+        """
+        judged = self.accepted + self.rejected
+        return self.accepted / judged if judged else 0.0
 
     @property
     def tokens_per_target_call(self) -> float:
@@ -57,6 +74,7 @@ class SpecStats:
         self.target_calls += 1
         self.proposed += n_proposed
         self.accepted += n_accepted
+        self.rejected += int(n_accepted < n_proposed)
         while len(self.proposed_at) < n_proposed:
             self.proposed_at.append(0)
             self.accepted_at.append(0)
@@ -211,6 +229,20 @@ def speculative_decode(target: Transformer, draft: Transformer | ModelDrafter |
             if len(out) < max_new_tokens and not (out and out[-1] == eos_id):
                 out.append(tok)
     return out, stats
+
+
+def quantized_draft(target: Transformer, method: str = "int8") -> Transformer:
+    """Self-speculation: a quantized copy of the target drafts for the target itself.
+
+    Any scheme of :mod:`infer_lab.quant.catalog` by name ("int8", "int4-g64",
+    "int8 dynamic (fbgemm)", "q4_k", ...). The copy agrees with the target far more often
+    than a smaller model does (high alpha), but it only pays off when it is also much
+    cheaper per token (low c): on a GPU, where decoding is memory-bound and 4-bit weights
+    are read 4x faster; not for a tiny model on a CPU, where per-layer overhead dominates.
+    """
+    from .quant.catalog import build
+
+    return build(target, method)
 
 
 def _check_pair(target: Transformer, draft: Transformer) -> None:

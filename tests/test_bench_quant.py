@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from infer_lab.bench import main
-from infer_lab.bench.quant import METHODS, linear_bits_per_weight, stored_bytes
+from infer_lab.quant.catalog import METHODS, linear_bits_per_weight, stored_bytes
 
 RATIOS = {"int8_ppl_increase", "gptq4_gap_recovered", "awq4_gap_recovered",
           "int8_speed_vs_fp32_gpt2"}

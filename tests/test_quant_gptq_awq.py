@@ -16,8 +16,8 @@ from infer_lab.quant.awq import (
     awq_quantize_model,
     awq_search_scales,
 )
+from infer_lab.quant.calibrate import collect_inputs
 from infer_lab.quant.gptq import (
-    collect_inputs,
     gptq_quantize_model,
     gptq_quantize_weight,
     hessian,

@@ -7,8 +7,7 @@ no quality to lose). Rows come from four families:
 * ours, round-to-nearest (RTN): :data:`~infer_lab.quant.apply.SCHEMES` (int8 / int4 at
   several granularities), NF4, FP8 e4m3, GGUF Q8_0 / Q4_K / a Q4_K_M-style mix. These
   dequantize then multiply: they show the bytes saved, not a fused kernel's speed.
-* calibrated 4-bit: GPTQ and AWQ at the RTN group size, when :mod:`~infer_lab.quant.gptq`
-  and :mod:`~infer_lab.quant.awq` are present.
+* calibrated 4-bit: GPTQ and AWQ at the RTN group size.
 * PyTorch's dynamic int8 (``quantize_dynamic``): int8 weights *and* int8 activations,
   multiplied by the fbgemm int8 GEMM, the one int8 path here with a real int8 kernel.
 * bitsandbytes ``Linear8bitLt`` (LLM.int8()) and ``Linear4bit`` NF4, built from the
@@ -19,20 +18,15 @@ share of RTN's 4-bit perplexity gap a calibrated method recovers is
 
     gap_recovered = (PPL_rtn - PPL_method) / (PPL_rtn - PPL_fp32)     (same group size)
 
-Decode tokens/s counts new tokens over the whole call (prefill included), greedy, batch
+The schemes themselves are built by :mod:`infer_lab.quant.catalog`. Decode tokens/s counts new tokens over the whole call (prefill included), greedy, batch
 1, fp32 activations; contenders alternate (:func:`~infer_lab.bench.interleaved_times`).
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
-import importlib
-import inspect
 import logging
-import warnings
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -41,7 +35,7 @@ from torch import nn
 from ..config import get_config
 from ..generate import GREEDY, generate
 from ..model import Transformer
-from ..quant.apply import SCHEMES, _linears, _set_module, _tied, quantize_model
+from ..quant.catalog import METHODS, build_all, eligible, linear_bits_per_weight, stored_bytes
 from . import format_table, interleaved_times, median
 
 
@@ -73,242 +67,6 @@ QUICK = QuantBenchConfig(ppl_tokens=256, seq_len=64, em_samples=4, em_line_token
 # --quick: random weights, each model's block style, a few hundred thousand parameters;
 # d_model 256 so every format (Q4_K's 256-weight super-blocks included) applies.
 TINY = {"n_layer": 2, "d_model": 256, "n_head": 4, "d_ff": 512, "max_seq_len": 128}
-
-
-class Unavailable(Exception):
-    """A row that cannot run here; the message says why."""
-
-
-# -- building the quantized models ----------------------------------------------------------
-def eligible(model: nn.Module) -> dict[str, nn.Linear]:
-    """The linear layers every scheme quantizes: all but the tied lm_head."""
-    return {n: m for n, m in _linears(model).items()
-            if n != "lm_head" and not _tied(model, n, m)}
-
-
-def swap(model: nn.Module, make: Callable[[str, nn.Linear], nn.Module]) -> nn.Module:
-    """A copy of ``model`` with each eligible linear replaced by ``make(name, linear)``."""
-    model = copy.deepcopy(model)
-    for name, linear in eligible(model).items():
-        _set_module(model, name, make(name, linear))
-    return model
-
-
-def rtn(name: str):
-    """An apply.SCHEMES preset. A layer whose width the group size does not divide (code-m's
-    d_ff = 704 for g128) gets the largest halved group size that does, as an override."""
-    def build(m: nn.Module, ctx) -> nn.Module:
-        scheme = SCHEMES[name]
-        gs, over = scheme.group_size, {}
-        for n, lin in eligible(m).items():
-            g = gs
-            while g and lin.in_features % g:
-                g //= 2
-            if g != gs:
-                over[n] = replace(scheme, group_size=g, overrides={})
-        return quantize_model(copy.deepcopy(m), replace(scheme, overrides=over))
-    return build
-
-
-def nf4(m: nn.Module, ctx) -> nn.Module:
-    from ..quant.nf4 import NF4Linear
-
-    return swap(m, lambda n, lin: NF4Linear.from_linear(lin, blocksize=64))
-
-
-def fp8(m: nn.Module, ctx) -> nn.Module:
-    from ..quant.fp8 import FP8Linear
-
-    return swap(m, lambda n, lin: FP8Linear.from_linear(lin, fmt="e4m3"))
-
-
-def gguf(fmt: str):
-    """Q8_0, Q4_K or the Q4_K_M mix. A layer whose width is not a multiple of Q4_K's
-    256-weight super-block falls back to Q8_0, as llama.cpp falls back to a format that
-    fits (code-m's d_ff = 704 is such a width)."""
-    def build(m: nn.Module, ctx) -> nn.Module:
-        from ..quant.blocks import QK_K, Q4KLinear, Q8_0Linear, q4_k_m_assignment
-
-        names = list(eligible(m))
-        plan = (q4_k_m_assignment(names, m.config.n_layer) if fmt == "q4_k_m"
-                else dict.fromkeys(names, fmt))
-        cls = {"q8_0": Q8_0Linear, "q4_k": Q4KLinear}
-
-        def make(name: str, lin: nn.Linear) -> nn.Module:
-            f = plan[name] if lin.in_features % QK_K == 0 else "q8_0"
-            return cls[f].from_linear(lin)
-
-        return swap(m, make)
-    return build
-
-
-def dynamic_int8(m: nn.Module, ctx) -> nn.Module:
-    """PyTorch's dynamic quantization: int8 per-channel weights, activations quantized
-    per call, fbgemm's int8 GEMM (x86). The eager API is deprecated in favour of torchao
-    but still ships with torch; its warning is silenced here."""
-    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
-
-    if "fbgemm" not in torch.backends.quantized.supported_engines:
-        raise Unavailable("no fbgemm quantized engine in this torch build")
-    spec = dict.fromkeys(eligible(m), per_channel_dynamic_qconfig)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return quantize_dynamic(copy.deepcopy(m), spec, dtype=torch.qint8)
-
-
-def _bnb():
-    try:
-        import bitsandbytes as bnb
-    except Exception as e:  # ImportError, or a backend that fails to load
-        raise Unavailable(f"bitsandbytes not importable: {e}") from e
-    return bnb
-
-
-def bnb_int8(m: nn.Module, ctx) -> nn.Module:
-    """LLM.int8(): int8 row-wise weights; activation columns above 6.0 in fp."""
-    bnb = _bnb()
-
-    def make(name: str, lin: nn.Linear) -> nn.Module:
-        q = bnb.nn.Linear8bitLt(lin.in_features, lin.out_features, bias=lin.bias is not None,
-                                has_fp16_weights=False, threshold=6.0)
-        q.weight = bnb.nn.Int8Params(lin.weight.data.clone(), requires_grad=False,
-                                     has_fp16_weights=False)
-        if lin.bias is not None:
-            q.bias = nn.Parameter(lin.bias.data.clone(), requires_grad=False)
-        return q.to(lin.weight.device)  # the move is what quantizes the weight
-
-    return _checked(swap(m, make), m)
-
-
-def bnb_nf4(m: nn.Module, ctx) -> nn.Module:
-    """QLoRA's NF4, block 64, bitsandbytes' default double quantization of the absmax."""
-    bnb = _bnb()
-
-    def make(name: str, lin: nn.Linear) -> nn.Module:
-        q = bnb.nn.Linear4bit(lin.in_features, lin.out_features, bias=lin.bias is not None,
-                              quant_type="nf4", compute_dtype=lin.weight.dtype)
-        q.weight = bnb.nn.Params4bit(lin.weight.data.clone(), requires_grad=False,
-                                     quant_type="nf4", blocksize=64)
-        if lin.bias is not None:
-            q.bias = nn.Parameter(lin.bias.data.clone(), requires_grad=False)
-        return q.to(lin.weight.device)
-
-    return _checked(swap(m, make), m)
-
-
-def _checked(q: nn.Module, ref: nn.Module) -> nn.Module:
-    """One forward, so a backend that cannot run here becomes a row with a reason."""
-    try:
-        with torch.inference_mode():
-            q(torch.zeros(1, 2, dtype=torch.long, device=ref.device))
-    except Exception as e:
-        raise Unavailable(f"forward failed here: {type(e).__name__}: {e}") from e
-    return q
-
-
-def calibrated(module: str, fn: str):
-    """GPTQ / AWQ, imported when the row runs: they may not exist yet."""
-    def build(m: nn.Module, ctx) -> nn.Module:
-        try:
-            mod = importlib.import_module(f"infer_lab.quant.{module}")
-            quantize = getattr(mod, fn)
-        except Exception as e:
-            raise Unavailable(f"infer_lab.quant.{module}.{fn} not available yet "
-                              f"({type(e).__name__}: {e})") from e
-        if ctx.get("calib_ids") is None:
-            raise Unavailable("calibrated on code-m only (random weights have no "
-                              "activations worth calibrating on; bytes = int4-g64's)")
-        # Pass only the options this version of the quantizer takes (AWQ's grid size).
-        params = inspect.signature(quantize).parameters
-        extra = {k: v for k, v in ctx["options"].items() if k in params}
-        return quantize(copy.deepcopy(m), ctx["calib_ids"], bits=4,
-                        group_size=ctx["group_size"], **extra)
-    return build
-
-
-@dataclass(frozen=True)
-class Method:
-    name: str
-    build: Callable[[nn.Module, dict], nn.Module]
-    int8: bool = False  # an 8-bit integer path, a contender for int8_speed_vs_fp32
-
-
-METHODS: list[Method] = [
-    Method("fp32", lambda m, ctx: m),
-    Method("int8", rtn("int8"), int8=True),
-    Method("int8-tensor", rtn("int8-tensor"), int8=True),
-    Method("int8 dynamic (fbgemm)", dynamic_int8, int8=True),
-    Method("bnb int8 (LLM.int8)", bnb_int8, int8=True),
-    Method("q8_0", gguf("q8_0"), int8=True),
-    Method("fp8-e4m3", fp8),
-    Method("int4-channel", rtn("int4-channel")),
-    Method("int4-g128", rtn("int4-g128")),
-    Method("int4-g64", rtn("int4-g64")),
-    Method("int4-g32", rtn("int4-g32")),
-    Method("int4-g64-asym", rtn("int4-g64-asym")),
-    Method("gptq int4-g64", calibrated("gptq", "gptq_quantize_model")),
-    Method("awq int4-g64", calibrated("awq", "awq_quantize_model")),
-    Method("nf4-b64", nf4),
-    Method("bnb nf4", bnb_nf4),
-    Method("q4_k", gguf("q4_k")),
-    Method("q4_k_m", gguf("q4_k_m")),
-]
-
-
-# -- bytes --------------------------------------------------------------------------------
-def _bytes(v: Any, seen: set[int]) -> int:
-    """Bytes of a state_dict value: tensors, quantized tensors, and the (weight, bias)
-    tuples that torch's quantized linears keep as packed params; each storage once."""
-    if isinstance(v, (tuple, list)):
-        return sum(_bytes(x, seen) for x in v)
-    if not isinstance(v, torch.Tensor) or v.numel() == 0:
-        return 0
-    if v.is_quantized:
-        extra = 8 if v.qscheme() in (torch.per_tensor_affine, torch.per_tensor_symmetric) \
-            else 8 * v.q_per_channel_scales().numel()  # fp32 scale + int32 zero point
-        return v.numel() * v.element_size() + extra
-    key = v.untyped_storage().data_ptr()
-    if key in seen:
-        return 0
-    seen.add(key)
-    return v.numel() * v.element_size()
-
-
-def stored_bytes(module: nn.Module, skip_bias: bool = False) -> int:
-    """Bytes a module stores (parameters, buffers, packed params), tied tensors once."""
-    seen: set[int] = set()
-    total = 0
-    for k, v in module.state_dict(keep_vars=True).items():
-        if skip_bias and k.rsplit(".", 1)[-1] == "bias":
-            continue
-        if skip_bias and isinstance(v, tuple):  # torch's packed (weight, bias)
-            v = v[0]
-        total += _bytes(v, seen)
-    return total
-
-
-def linear_bits_per_weight(model: nn.Module, names: list[str]) -> float:
-    """Bits per weight of the quantized layers: every stored byte of the layer (codes,
-    scales, zero points) but its bias, over its in * out weights."""
-    total = sum(stored_bytes(model.get_submodule(n), skip_bias=True) for n in names)
-    n_weights = sum(model.get_submodule(n).in_features * model.get_submodule(n).out_features
-                    for n in names)
-    return 8 * total / n_weights
-
-
-# -- measuring ------------------------------------------------------------------------------
-def build_all(fp: nn.Module, ctx: dict, progress=None) -> dict[str, nn.Module | str]:
-    """name -> quantized model, or the reason it is not available."""
-    out: dict[str, nn.Module | str] = {}
-    for method in METHODS:
-        try:
-            out[method.name] = method.build(fp, ctx).eval()
-        except Unavailable as e:
-            out[method.name] = str(e)
-        except (ValueError, RuntimeError, NotImplementedError) as e:
-            out[method.name] = f"failed: {type(e).__name__}: {e}"
-        _tick(progress)
-    return out
 
 
 def decode_speeds(models: dict[str, nn.Module], n: int, repeats: int, prompt: list[int],
@@ -445,7 +203,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     text = held_out_text()
     calib = None
     try:
-        from ..quant.gptq import calibration_ids
+        from ..quant.calibrate import calibration_ids
 
         calib = calibration_ids(tok, cfg.calib_seqs, cfg.calib_len, cfg.seed)
     except (ImportError, ValueError) as e:

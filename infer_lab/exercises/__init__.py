@@ -10,7 +10,7 @@ In a lab::
     check_kv_cache_bytes(kv_cache_bytes)   # ✅ / ❌ with a hint / ⬜ not attempted
     show_solution("kv_cache_bytes")        # the reference, when you are done or stuck
 
-Each lab's exercises live in one module (``welcome``, ``kv_cache``); every exercise is
+Each lab's exercises live in one module (see ``LAB_MODULES``); every exercise is
 reachable as ``check_<name>`` here. See :mod:`.checker` and :mod:`.progress`.
 """
 
@@ -18,11 +18,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from . import kv_cache, progress, welcome
+from . import kv_cache, progress, quantization, speculative, welcome
 from .checker import Case, CheckResult, Exercise, Mistake, compare
 from .progress import lab_progress, load_progress, progress_path, summary
 
-EXERCISES: dict[str, Exercise] = {e.name: e for m in (welcome, kv_cache) for e in m.EXERCISES}
+# One module per lab, in lab order; each has LAB (the notebook's name) and EXERCISES.
+LAB_MODULES = (welcome, kv_cache, quantization, speculative)
+EXERCISES: dict[str, Exercise] = {e.name: e for m in LAB_MODULES for e in m.EXERCISES}
 
 
 def exercise(name: str) -> Exercise:
@@ -76,26 +78,18 @@ def _make_checker(name: str) -> Callable[..., CheckResult]:
     return check_fn
 
 
-check_weight_bytes = _make_checker("weight_bytes")
-check_decode_tokens_per_second = _make_checker("decode_tokens_per_second")
-check_cost_per_million_tokens = _make_checker("cost_per_million_tokens")
-check_decode_attention = _make_checker("decode_attention")
-check_kv_cache_bytes = _make_checker("kv_cache_bytes")
-check_sliding_window_mask = _make_checker("sliding_window_mask")
+# check_<name> for every exercise, e.g. check_kv_cache_bytes: what the labs import.
+CHECKERS = {f"check_{name}": _make_checker(name) for name in EXERCISES}
+globals().update(CHECKERS)
 
 __all__ = [
     "EXERCISES",
+    "LAB_MODULES",
     "Case",
     "CheckResult",
     "Exercise",
     "Mistake",
     "check",
-    "check_cost_per_million_tokens",
-    "check_decode_attention",
-    "check_decode_tokens_per_second",
-    "check_kv_cache_bytes",
-    "check_sliding_window_mask",
-    "check_weight_bytes",
     "compare",
     "exercise",
     "lab_exercises",
@@ -107,4 +101,5 @@ __all__ = [
     "show_progress",
     "show_solution",
     "summary",
+    *CHECKERS,
 ]

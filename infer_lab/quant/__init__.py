@@ -12,6 +12,9 @@ from .apply import (
     quantize_model,
     sensitivity_scan,
 )
+from .awq import AWQLinear, awq_quantize_model
+from .calibrate import calibration_ids
+from .gptq import gptq_quantize_model
 from .int4 import Int4Linear
 from .int8 import Int8Linear
 from .primitives import (
@@ -26,7 +29,8 @@ from .primitives import (
 )
 
 __all__ = [
-    "SCHEMES", "Int4Linear", "Int8Linear", "QTensor", "Scheme", "Sensitivity",
-    "bits_per_weight", "dequantize", "is_quantized", "pack_int2", "pack_int4", "quantize",
+    "SCHEMES", "AWQLinear", "Int4Linear", "Int8Linear", "QTensor", "Scheme", "Sensitivity",
+    "awq_quantize_model", "bits_per_weight", "calibration_ids", "dequantize",
+    "gptq_quantize_model", "is_quantized", "pack_int2", "pack_int4", "quantize",
     "quantize_model", "sensitivity_scan", "unpack_int2", "unpack_int4",
 ]

@@ -31,7 +31,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .gptq import quantize_blockwise
+from .calibrate import quantize_blockwise
 from .int4 import Int4Linear
 from .primitives import check_bits, check_finite, quantize
 

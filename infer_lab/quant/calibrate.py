@@ -1,0 +1,98 @@
+"""Calibration for the methods that look at activations (GPTQ, AWQ).
+
+GPTQ and AWQ both quantize a model block by block from the inputs each linear layer sees
+on real text: :func:`calibration_ids` draws that text (training split only),
+:func:`collect_inputs` records the inputs with forward hooks, and
+:func:`quantize_blockwise` walks the blocks in order so that block i is calibrated on
+the outputs of blocks 0..i-1 *already quantized* ("sequential" calibration, as in the
+GPTQ paper): later layers see, and compensate for, the earlier layers' errors.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from .apply import _linears, _set_module, _tied, is_quantized
+
+
+def calibration_ids(tokenizer, n_seq: int = 64, seq_len: int = 256,
+                    seed: int = 0) -> torch.Tensor:
+    """(n_seq, seq_len) token windows from random training-split stdlib files.
+
+    Training split only: calibrating on the held-out text would leak it into the result.
+    """
+    from ..zoo.data import iter_files
+
+    files = iter_files("train")
+    rng = random.Random(seed)
+    rng.shuffle(files)
+    out = []
+    for f in files:
+        ids = tokenizer.encode(f.text)
+        if len(ids) < seq_len:
+            continue
+        start = rng.randrange(len(ids) - seq_len + 1)
+        out.append(ids[start:start + seq_len])
+        if len(out) == n_seq:
+            break
+    if len(out) < n_seq:
+        raise ValueError(f"only {len(out)} training files have {seq_len} tokens")
+    return torch.tensor(out, dtype=torch.long)  # (n_seq, seq_len)
+
+
+@torch.no_grad()
+def collect_inputs(model: nn.Module, calib_ids: torch.Tensor, names: list[str],
+                   batch_size: int = 8) -> dict[str, torch.Tensor]:
+    """Run the model on ``calib_ids`` (N, T) and return each named module's input.
+
+    name -> (N*T, in_features) float32. Forward hooks only: the model code is untouched.
+    """
+    got: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+    hooks = [model.get_submodule(n).register_forward_hook(
+        lambda m, args, out, n=n: got[n].append(args[0].detach().float().flatten(0, -2)))
+        for n in names]
+    try:
+        for b in range(0, len(calib_ids), batch_size):
+            model(calib_ids[b:b + batch_size].to(model.device))
+    finally:
+        for h in hooks:
+            h.remove()
+    return {n: torch.cat(xs) for n, xs in got.items()}  # (N*T, in)
+
+
+def quantize_blockwise(model: nn.Module, calib_ids: torch.Tensor,
+                       make: Callable[[str, nn.Linear, torch.Tensor], nn.Module],
+                       group_size: int | None = None,
+                       skip: tuple[str, ...] = ("lm_head",)) -> nn.Module:
+    """Swap each eligible nn.Linear for ``make(name, linear, inputs)``, block by block.
+
+    Blocks are ``model.layers[i]``; each block's inputs are collected after the blocks
+    before it were swapped. Tied weights (the lm_head) and ``skip`` are left alone.
+    group_size is checked against every layer first, so a bad one fails before any swap.
+    """
+    if is_quantized(model):
+        raise ValueError("model is already quantized; calibrate the fp model")
+    names = [n for n, lin in _linears(model).items()
+             if not any(n == s or n.startswith(s + ".") for s in skip)
+             and not _tied(model, n, lin)]
+    for n in names:
+        cols = model.get_submodule(n).in_features
+        if group_size is not None and (not isinstance(group_size, int) or group_size <= 0
+                                       or cols % group_size):
+            raise ValueError(f"{n}: group_size {group_size!r} must be a positive divisor "
+                             f"of in_features {cols}")
+    n_blocks = len(model.layers) if hasattr(model, "layers") else 0
+    groups = [[n for n in names if n.startswith(f"layers.{i}.")] for i in range(n_blocks)]
+    rest = [n for n in names if not any(n in g for g in groups)]
+    for group in [*groups, rest]:
+        if not group:
+            continue
+        xs = collect_inputs(model, calib_ids, group)
+        new = {n: make(n, model.get_submodule(n), xs.pop(n)) for n in group}
+        for n, m in new.items():
+            _set_module(model, n, m)
+    return model
