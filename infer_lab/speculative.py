@@ -114,6 +114,15 @@ def verify(p: torch.Tensor, q: torch.Tensor | None, draft: list[int], greedy: bo
     return len(draft), bonus
 
 
+def verify_greedy(choices: list[int], draft: list[int]) -> tuple[int, int]:
+    """Greedy verification: ``choices`` are the target's argmax at each draft position
+    and one past it (n+1); accept the longest prefix of ``draft`` that agrees."""
+    n = 0
+    while n < len(draft) and draft[n] == choices[n]:
+        n += 1
+    return n, choices[n]
+
+
 class ModelDrafter:
     """A smaller model proposes tokens autoregressively, with its own KV cache."""
 
@@ -137,17 +146,19 @@ class ModelDrafter:
         self.base = self.cache.length + len(self.pending)  # cache length once pending is in
         for _ in range(k):
             logits = self.model(x, self.cache, last_only=True)[:, -1]  # (1, V)
-            q = logits_to_probs(logits.float(), self.sampling)[0]  # (V,)
-            t = int(q.argmax()) if self.sampling.greedy else int(
-                torch.multinomial(q, 1, generator=self.gen))
+            if self.sampling.greedy:  # greedy verification never reads q: skip softmax
+                t = int(logits.argmax())
+            else:
+                q = logits_to_probs(logits.float(), self.sampling)[0]  # (V,)
+                t = int(torch.multinomial(q, 1, generator=self.gen))
+                probs.append(q)
             tokens.append(t)
-            probs.append(q)
             x = torch.tensor([[t]], device=self.model.device)
-        return tokens, torch.stack(probs)
+        return tokens, torch.stack(probs) if probs else None
 
     def commit(self, accepted: list[int], next_token: int) -> None:
-        if self.base is None:  # nothing was proposed this round
-            self.pending.append(next_token)
+        if self.base is None:  # this drafter proposed nothing (another one may have)
+            self.pending += accepted + [next_token]
             return
         # The cache holds pending + draft[:-1]; keep pending + the accepted ones.
         keep = self.base + len(accepted)
@@ -188,9 +199,42 @@ class PromptLookupDrafter:
         self.tokens += accepted + [next_token]
 
 
+class HybridDrafter:
+    """Prompt lookup when the text so far has a long enough n-gram match, else a model.
+
+    A lookup draft costs nothing, so it is tried first; the draft model runs only where
+    no earlier n-gram matches. Both see every committed token, so either can take the
+    next round (in the spirit of REST, He et al. 2023, which retrieves drafts and falls
+    back to decoding).
+    """
+
+    def __init__(self, model: Transformer | ModelDrafter, lookup: PromptLookupDrafter | None = None,
+                 sampling: Sampling = GREEDY):
+        self.model = model if isinstance(model, ModelDrafter) else ModelDrafter(model, sampling)
+        self.lookup = lookup or PromptLookupDrafter(max_ngram=3, min_ngram=2)
+        self.lookup_rounds = self.model_rounds = 0
+
+    def start(self, prompt: list[int], max_len: int, gen: torch.Generator | None) -> None:
+        self.model.start(prompt, max_len, gen)
+        self.lookup.start(prompt, max_len, gen)
+
+    def propose(self, k: int) -> tuple[list[int], torch.Tensor | None]:
+        tokens, _ = self.lookup.propose(k)
+        if tokens:
+            self.model.base = None  # the model drafter sits this round out
+            self.lookup_rounds += 1
+            return tokens, None
+        self.model_rounds += 1
+        return self.model.propose(k)
+
+    def commit(self, accepted: list[int], next_token: int) -> None:
+        self.lookup.commit(accepted, next_token)
+        self.model.commit(accepted, next_token)
+
+
 @torch.inference_mode()
 def speculative_decode(target: Transformer, draft: Transformer | ModelDrafter |
-                       PromptLookupDrafter, prompt: list[int], max_new_tokens: int,
+                       PromptLookupDrafter | HybridDrafter, prompt: list[int], max_new_tokens: int,
                        k: int = 4, sampling: Sampling = GREEDY, eos_id: int | None = None
                        ) -> tuple[list[int], SpecStats]:
     """Generate up to ``max_new_tokens`` for one prompt; returns (tokens, statistics)."""
@@ -199,8 +243,9 @@ def speculative_decode(target: Transformer, draft: Transformer | ModelDrafter |
     check_prompts(target, [prompt], max_new_tokens)
     if isinstance(draft, Transformer):
         draft = ModelDrafter(draft, sampling)
-    if isinstance(draft, ModelDrafter):
-        _check_pair(target, draft.model)
+    for d in (draft, getattr(draft, "model", None)):
+        if isinstance(d, ModelDrafter):
+            _check_pair(target, d.model)
     max_len = len(prompt) + max_new_tokens + k + 1
     max_len = min(max_len, target.config.max_seq_len)
     gen = make_generator(sampling, target.device)
@@ -216,8 +261,10 @@ def speculative_decode(target: Transformer, draft: Transformer | ModelDrafter |
         t1 = time.perf_counter()
         x = torch.tensor([pending + proposal], device=target.device)
         logits = target(x, cache)[0, len(pending) - 1:]  # (n+1, V)
-        p = logits_to_probs(logits.float(), sampling)
-        n, nxt = verify(p, q, proposal, sampling.greedy, gen)
+        if sampling.greedy:  # accept while the argmax agrees: no probabilities needed
+            n, nxt = verify_greedy(logits.argmax(-1).tolist(), proposal)
+        else:
+            n, nxt = verify(logits_to_probs(logits.float(), sampling), q, proposal, False, gen)
         stats.target_seconds += time.perf_counter() - t1
         stats.draft_seconds += t1 - t0
         stats.record(len(proposal), n)

@@ -11,9 +11,16 @@ def test_bench_speculative_quick_writes_ratios(tmp_path, capsys):
     result = main(["speculative", "--quick", "--json", str(out)])
     saved = json.loads(out.read_text())
     for key in ("spec_speedup_best", "spec_vs_theory", "prompt_lookup_speedup_edit",
-                "ours_vs_hf_assisted"):
+                "ours_vs_hf_assisted", "spec_speedup_hybrid", "self_spec_speedup",
+                "prompt_lookup_speedup_plain", "ours_vs_hf_prompt_lookup"):
         v = saved["ratios"][key]
         assert isinstance(v, float) and math.isfinite(v) and v > 0, key
     assert set(saved["figures"]["speculative"]) == {"1", "2"}
     assert 0 <= result["figures"]["speculative"][1]["alpha"] <= 1
-    assert "code-s draft, k=1" in capsys.readouterr().out
+    assert set(saved["figures"]["hybrid"]) == {"2"}
+    for row in (*saved["figures"]["speculative"].values(), *saved["figures"]["self"].values()):
+        # theory comes from the measured alpha and c, so it is a finite positive number
+        assert math.isfinite(row["theory"]) and row["theory"] > 0
+    out = capsys.readouterr().out
+    assert "code-s draft, k=1" in out and "hybrid lookup + code-s, k=2" in out
+    assert "every speculative output equals plain greedy decoding" in out
