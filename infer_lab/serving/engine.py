@@ -1,0 +1,230 @@
+"""The serving engine: submit requests, call ``step()`` until they are done.
+
+Continuous batching (Orca, Yu et al. 2022) over a paged KV cache (vLLM, Kwon et al.
+2023). Each ``step()`` is one iteration:
+
+    schedule  (Scheduler: who runs, how many tokens each, who is preempted)
+    execute   (ModelRunner: <= 2 forwards over the PagedKVCache)
+    update    (Scheduler: append tokens, free finished requests' blocks)
+
+and returns the tokens produced, so an asyncio server can call it in a loop and stream
+each token to its client, and a benchmark can replay arrivals between steps. State
+(Sequence), policy (Scheduler), memory (BlockManager, PagedKVCache) and execution
+(ModelRunner) stay apart, as in nano-vllm.
+
+Memory the pool saves, the figure a lab draws: a contiguous cache reserves
+``max_seq_len`` slots per request up front, a paged one holds
+``ceil(len / block_size)`` blocks, so
+
+    waste_contiguous = max_seq_len - len      waste_paged < block_size   (per request)
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from ..generate import GREEDY, Sampling, make_generator
+from ..model import Transformer
+from .block_manager import BlockManager
+from .model_runner import ModelRunner
+from .paged_attention import PagedKVCache
+from .scheduler import Scheduler
+from .sequence import Sequence
+
+
+@dataclass
+class EngineConfig:
+    block_size: int = 16
+    num_blocks: int = 512  # KV pool = num_blocks * block_size token slots
+    max_num_seqs: int = 32  # running requests at most
+    max_num_batched_tokens: int = 512  # token budget of one step
+    enable_prefix_caching: bool = True
+    chunked_prefill: bool = True
+    keep_step_records: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("block_size", "num_blocks", "max_num_seqs", "max_num_batched_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass
+class StepRecord:
+    """What one step did: which sequences ran and how many tokens of each kind."""
+
+    step: int
+    start: float
+    end: float
+    seq_ids: list[int]
+    num_prefill_tokens: int
+    num_decode_tokens: int
+    preempted_ids: list[int]
+    finished_ids: list[int]
+    num_running: int
+    num_waiting: int
+    blocks_used: int  # paged KV blocks held after the step (0 for the baselines)
+    kv_bytes: int  # KV memory held after the step: blocks, or a baseline's contiguous cache
+
+    @property
+    def duration(self) -> float:
+        return self.end - self.start
+
+    @property
+    def num_tokens(self) -> int:
+        return self.num_prefill_tokens + self.num_decode_tokens
+
+
+@dataclass
+class TokenOutput:
+    """One new token of one request, as a server streams it."""
+
+    seq: Sequence
+    token: int
+    finished: bool
+
+    @property
+    def seq_id(self) -> int:
+        return self.seq.seq_id
+
+
+@dataclass
+class KVUsage:
+    """KV memory right now: blocks, and bytes paged vs contiguous preallocation."""
+
+    blocks_used: int
+    blocks_total: int
+    block_size: int
+    bytes_per_token: int
+    tokens: int  # tokens with K/V in the cache, summed over running requests
+    num_running: int
+    max_seq_len: int
+    reserved_tokens: int = field(default=0)  # sum of prompt + max_tokens over running
+
+    @property
+    def paged_bytes(self) -> int:
+        """Bytes held by allocated blocks (shared prefix blocks counted once)."""
+        return self.blocks_used * self.block_size * self.bytes_per_token
+
+    @property
+    def token_bytes(self) -> int:
+        """Bytes the stored tokens actually need."""
+        return self.tokens * self.bytes_per_token
+
+    @property
+    def contiguous_bytes(self) -> int:
+        """What a contiguous cache preallocated at max_seq_len per request would hold."""
+        return self.num_running * self.max_seq_len * self.bytes_per_token
+
+    @property
+    def contiguous_request_bytes(self) -> int:
+        """Contiguous preallocation sized to each request's prompt + max_tokens."""
+        return self.reserved_tokens * self.bytes_per_token
+
+    @property
+    def usage(self) -> float:
+        return self.blocks_used / self.blocks_total
+
+
+class Engine:
+    """Continuous-batching engine over one model.
+
+        engine = Engine(model, EngineConfig(num_blocks=256))
+        seq = engine.add_request(prompt_ids, max_tokens=32)
+        while engine.has_unfinished():
+            for out in engine.step():
+                print(out.seq_id, out.token)
+    """
+
+    def __init__(self, model: Transformer, config: EngineConfig | None = None):
+        self.model = model.eval()
+        self.config = c = config or EngineConfig()
+        self.block_manager = BlockManager(c.num_blocks, c.block_size, c.enable_prefix_caching)
+        self.scheduler = Scheduler(self.block_manager, c.max_num_seqs,
+                                   c.max_num_batched_tokens, c.chunked_prefill)
+        self.cache = PagedKVCache.for_model(model, c.num_blocks, c.block_size)
+        self.runner = ModelRunner(model, self.cache)
+        self.requests: dict[int, Sequence] = {}  # unfinished, by seq_id
+        self.records: list[StepRecord] = []
+        self.num_steps = 0
+
+    # -- requests -----------------------------------------------------------------------
+    def add_request(self, prompt: list[int], max_tokens: int, sampling: Sampling = GREEDY,
+                    eos_id: int | None = None, arrival_time: float | None = None
+                    ) -> Sequence:
+        """Queue a request; raises ValueError for input that can never be served."""
+        cfg = self.model.config
+        seq = Sequence(prompt, max_tokens, sampling, eos_id, arrival_time)
+        if seq.max_len > cfg.max_seq_len:
+            raise ValueError(f"prompt of {len(seq.prompt)} tokens + max_tokens={max_tokens} "
+                             f"exceeds the model's context of {cfg.max_seq_len} tokens")
+        if any(not 0 <= t < cfg.vocab_size for t in seq.prompt):
+            raise ValueError(f"token ids must be in [0, {cfg.vocab_size})")
+        seq.generator = make_generator(sampling, self.model.device)
+        self.scheduler.add(seq)  # checks that the request fits the KV pool
+        self.requests[seq.seq_id] = seq
+        return seq
+
+    def abort(self, seq_id: int) -> None:
+        """Cancel a request; its KV blocks are free for the next step."""
+        seq = self.requests.pop(seq_id, None)
+        if seq is not None:
+            self.scheduler.abort(seq)
+
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_unfinished()
+
+    # -- the loop -------------------------------------------------------------------------
+    def step(self) -> list[TokenOutput]:
+        """One iteration: schedule, run the model, append tokens. Returns new tokens."""
+        start = time.perf_counter()
+        out = self.scheduler.schedule()
+        if out.is_empty:
+            if self.scheduler.has_unfinished():
+                raise RuntimeError("scheduler made no progress with requests pending "
+                                   "(a bug: every request fits the pool alone)")
+            return []
+        new_tokens = self.runner.execute(out.chunks)
+        now = time.perf_counter()
+        finished = self.scheduler.update(out, new_tokens, now)
+        for seq in finished:
+            self.requests.pop(seq.seq_id, None)
+        outputs = [TokenOutput(c.seq, new_tokens[c.seq.seq_id], c.seq.is_finished)
+                   for c in out.chunks if c.seq.seq_id in new_tokens]
+        if self.config.keep_step_records:
+            self.records.append(StepRecord(
+                self.num_steps, start, now, [c.seq.seq_id for c in out.chunks],
+                out.num_prefill_tokens, out.num_decode_tokens,
+                [s.seq_id for s in out.preempted], [s.seq_id for s in finished],
+                len(self.scheduler.running), len(self.scheduler.waiting),
+                self.block_manager.num_used_blocks,
+                self.block_manager.num_used_blocks * self.cache.bytes_per_block()))
+        self.num_steps += 1
+        return outputs
+
+    def run(self) -> None:
+        """Step until every submitted request has finished."""
+        while self.has_unfinished():
+            self.step()
+
+    def generate(self, prompts: list[list[int]], max_tokens: int,
+                 sampling: Sampling = GREEDY, eos_id: int | None = None) -> list[list[int]]:
+        """Submit all prompts at once and return each one's output tokens."""
+        seqs = [self.add_request(p, max_tokens, sampling, eos_id) for p in prompts]
+        self.run()
+        return [s.output for s in seqs]
+
+    # -- what a lab or a benchmark reads --------------------------------------------------
+    def kv_usage(self) -> KVUsage:
+        running = self.scheduler.running
+        return KVUsage(
+            blocks_used=self.block_manager.num_used_blocks,
+            blocks_total=self.config.num_blocks, block_size=self.config.block_size,
+            bytes_per_token=self.cache.bytes_per_block() // self.config.block_size,
+            tokens=sum(s.num_computed_tokens for s in running), num_running=len(running),
+            max_seq_len=self.model.config.max_seq_len,
+            reserved_tokens=sum(s.max_len for s in running))
+
+    @property
+    def num_preemptions(self) -> int:
+        return self.scheduler.num_preemptions

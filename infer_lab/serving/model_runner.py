@@ -1,0 +1,72 @@
+"""Execution: turn a step's scheduled chunks into model forwards over the paged cache.
+
+One step runs at most two forwards, whatever the number of requests:
+
+* every chunk of one token (decodes, mostly) in a single (B, 1) forward, and
+* every longer chunk (prefills, chunks of prefills) in a single (B, T) forward, each
+  row left-padded to T = the longest chunk.
+
+Keeping the two apart means decodes are never padded to a prompt's length; batching
+within each means a step costs two forwards, not one per request (nano-vllm's
+ModelRunner does the same split). Left padding puts every row's last token in the last
+column, so ``last_only`` logits are the ones that sample the next token.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..generate import sample
+from ..model import Transformer
+from .paged_attention import PagedKVCache
+from .scheduler import ScheduledChunk
+
+
+class ModelRunner:
+    def __init__(self, model: Transformer, cache: PagedKVCache):
+        self.model, self.cache = model, cache
+        self.num_forwards = 0
+
+    @torch.inference_mode()
+    def execute(self, chunks: list[ScheduledChunk]) -> dict[int, int]:
+        """Run the chunks; return seq_id -> next token for those that reach their end."""
+        singles = [c for c in chunks if c.num_tokens == 1]
+        longer = [c for c in chunks if c.num_tokens > 1]
+        out: dict[int, int] = {}
+        for group in (longer, singles):
+            if group:
+                out.update(self._forward(group))
+        return out
+
+    def _forward(self, chunks: list[ScheduledChunk]) -> dict[int, int]:
+        T = max(c.num_tokens for c in chunks)
+        rows = []
+        for c in chunks:
+            if c.start + c.num_tokens == len(c.seq) and c.num_tokens == 1:
+                toks = [c.seq.last_token]  # a decode: skip copying the whole sequence
+            else:
+                toks = c.seq.tokens[c.start:c.start + c.num_tokens]
+            rows.append([0] * (T - len(toks)) + toks)
+        idx = torch.tensor(rows, dtype=torch.long, device=self.cache.device)  # (B, T)
+        pos = self.cache.prepare([c.seq.block_table for c in chunks],
+                                 [c.start for c in chunks],
+                                 [c.num_tokens for c in chunks], T)
+        logits = self.model(idx, self.cache, pos, last_only=True)[:, -1]  # (B, V)
+        self.num_forwards += 1
+        return self._sample(chunks, logits)
+
+    @staticmethod
+    def _sample(chunks: list[ScheduledChunk], logits: torch.Tensor) -> dict[int, int]:
+        rows = [i for i, c in enumerate(chunks) if c.samples]  # mid-prompt chunks don't
+        if not rows:
+            return {}
+        greedy = [i for i in rows if chunks[i].seq.sampling.greedy]
+        out: dict[int, int] = {}
+        if greedy:  # one argmax for the whole batch
+            toks = sample(logits[greedy]).tolist()
+            out.update((chunks[i].seq.seq_id, t) for i, t in zip(greedy, toks))
+        for i in rows:
+            seq = chunks[i].seq
+            if not seq.sampling.greedy:
+                out[seq.seq_id] = int(sample(logits[i:i + 1], seq.sampling, seq.generator))
+        return out
