@@ -30,6 +30,8 @@ COMMANDS: dict[str, str] = {
     "decode": "infer_lab.bench.decode",
     "quant": "infer_lab.bench.quant",
     "speculative": "infer_lab.bench.speculative",
+    "compress": "infer_lab.bench.compress",
+    "serving": "infer_lab.bench.serving",
 }
 
 

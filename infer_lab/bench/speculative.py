@@ -36,14 +36,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hybrid-ks", type=int, nargs="+", default=[2, 3, 4, 6])
 
 
-def _prompts(tok, n: int, chars: int) -> list[list[int]]:
+def held_out_prompts(tok, n: int, chars: int) -> list[list[int]]:
     from ..zoo.data import iter_files
 
     files = [f for f in iter_files("valid") if len(f.text) > 2 * chars][:n]
     return [tok.encode(f.text[:chars]) for f in files]
 
 
-def _edit_prompts(tok, n: int, chars: int) -> list[list[int]]:
+def edit_prompts(tok, n: int, chars: int) -> list[list[int]]:
     """Code followed by the start of its rewrite: the continuation mostly repeats it."""
     from ..zoo.data import iter_files
 
@@ -88,8 +88,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     target, tok = infer_lab.load("code-m", device="cpu", dtype=torch.float32)
     draft, _ = infer_lab.load("code-s", device="cpu", dtype=torch.float32)
     qdraft = quantized_draft(target, SELF_DRAFT)
-    prompts = _prompts(tok, n_prompts, 160 if args.quick else 600)
-    edits = _edit_prompts(tok, n_prompts, 160 if args.quick else 500)
+    prompts = held_out_prompts(tok, n_prompts, 160 if args.quick else 600)
+    edits = edit_prompts(tok, n_prompts, 160 if args.quick else 500)
     speculative_decode(target, draft, prompts[0], 4)  # warm-up
     generate(qdraft, [prompts[0]], 4)
     n_tok = n_new * len(prompts)

@@ -18,12 +18,21 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from . import kv_cache, progress, quantization, speculative, welcome
+from . import (
+    distillation,
+    kv_cache,
+    progress,
+    pruning,
+    quantization,
+    serving,
+    speculative,
+    welcome,
+)
 from .checker import Case, CheckResult, Exercise, Mistake, compare
 from .progress import lab_progress, load_progress, progress_path, summary
 
 # One module per lab, in lab order; each has LAB (the notebook's name) and EXERCISES.
-LAB_MODULES = (welcome, kv_cache, quantization, speculative)
+LAB_MODULES = (welcome, kv_cache, quantization, pruning, distillation, speculative, serving)
 EXERCISES: dict[str, Exercise] = {e.name: e for m in LAB_MODULES for e in m.EXERCISES}
 
 

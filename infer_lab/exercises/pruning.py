@@ -1,0 +1,137 @@
+"""Exercises of lab 03 (pruning).
+
+* magnitude_mask: unstructured magnitude pruning (Han et al. 2015): remove the
+  ``round(sparsity * numel)`` weights of smallest ``|w|`` in the whole tensor.
+* mask_2_4: semi-structured 2:4 sparsity (Mishra et al. 2021, NVIDIA Ampere's sparse
+  tensor cores): in every group of 4 consecutive weights along a row (the input
+  dimension of an ``nn.Linear`` weight ``(out, in)``), keep the 2 of largest magnitude.
+
+Masks are bool tensors of the weight's shape: ``True`` = kept, ``False`` = pruned.
+"""
+
+from __future__ import annotations
+
+import random
+
+import torch
+
+from .checker import Case, Exercise, Mistake
+
+LAB = "03_pruning"
+
+
+# -- references -------------------------------------------------------------------------
+def mask_2_4(w: torch.Tensor) -> torch.Tensor:
+    """Bool (out, in): True for the 2 largest-|w| weights of each group of 4 along a row."""
+    out, n_in = w.shape
+    groups = w.abs().reshape(out, n_in // 4, 4)  # consecutive input weights of one row
+    keep = groups.topk(2, dim=-1).indices  # (out, in/4, 2)
+    mask = torch.zeros_like(groups, dtype=torch.bool).scatter_(-1, keep, True)
+    return mask.reshape(out, n_in)
+
+
+def magnitude_mask(w: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """Bool mask of ``w``'s shape that prunes the ``round(sparsity * numel)`` smallest |w|."""
+    n_prune = round(sparsity * w.numel())
+    mask = torch.ones(w.numel(), dtype=torch.bool)
+    mask[w.abs().flatten().argsort()[:n_prune]] = False  # one ranking for the whole tensor
+    return mask.reshape(w.shape)
+
+
+# -- wrong answers a learner might write ----------------------------------------------------
+def _m24_smallest(w):
+    out, n_in = w.shape
+    g = w.abs().reshape(out, n_in // 4, 4)
+    keep = g.topk(2, dim=-1, largest=False).indices
+    return torch.zeros_like(g, dtype=torch.bool).scatter_(-1, keep, True).reshape(out, n_in)
+
+
+def _m24_columns(w):
+    return mask_2_4(w.T).T  # groups of 4 down a column (the output dimension)
+
+
+def _m24_signed(w):
+    out, n_in = w.shape
+    g = w.reshape(out, n_in // 4, 4)  # largest value, not largest magnitude
+    keep = g.topk(2, dim=-1).indices
+    return torch.zeros_like(g, dtype=torch.bool).scatter_(-1, keep, True).reshape(out, n_in)
+
+
+def _mag_keep_fraction(w, sparsity):
+    return magnitude_mask(w, 1 - sparsity)  # prunes (1 - sparsity) of the weights
+
+
+def _mag_per_row(w, sparsity):
+    return torch.stack([magnitude_mask(row, sparsity) for row in w])
+
+
+def _mag_signed(w, sparsity):
+    n_prune = round(sparsity * w.numel())
+    mask = torch.ones(w.numel(), dtype=torch.bool)
+    mask[w.flatten().argsort()[:n_prune]] = False  # the most negative, not the smallest
+    return mask.reshape(w.shape)
+
+
+# -- cases ------------------------------------------------------------------------------
+def _randn(seed: int, *shape: int) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+def _random_24_case(rng: random.Random) -> Case:
+    # Both sides multiples of 4, so "groups down the columns" runs and gets its hint.
+    return Case((_randn(rng.randrange(2**31), 4 * rng.randint(1, 8), 4 * rng.randint(1, 16)),))
+
+
+def _random_mag_case(rng: random.Random) -> Case:
+    rows, cols = rng.randint(2, 12), rng.randint(2, 40)
+    s = rng.choice([0.1, 0.25, 0.5, 0.7, 0.9, rng.random()])
+    return Case((_randn(rng.randrange(2**31), rows, cols), s))
+
+
+EXERCISES = [
+    Exercise(
+        "magnitude_mask", LAB, magnitude_mask,
+        fixed_cases=[Case((torch.tensor([[0.5, -0.1, 2.0, -3.0]]), 0.5)),
+                     Case((_randn(0, 8, 16), 0.5)), Case((_randn(1, 6, 10), 0.0)),
+                     Case((_randn(2, 4, 4), 1.0)), Case((_randn(3, 16, 32), 0.9)),
+                     Case((_randn(4, 5, 7), 0.3))],
+        random_case=_random_mag_case,
+        hint="Prune n = round(sparsity * w.numel()) weights: the n smallest of w.abs() over the "
+             "whole tensor (w.abs().flatten().argsort()[:n]). Return True where a weight is kept.",
+        mistakes=[
+            Mistake("keep fraction", _mag_keep_fraction,
+                    "sparsity is the fraction of weights REMOVED: at sparsity 0.9 only 10% of "
+                    "the weights are kept."),
+            Mistake("per row", _mag_per_row,
+                    "Rank all weights of the tensor together (one global threshold), not each "
+                    "row separately: some rows hold more large weights than others."),
+            Mistake("value, not magnitude", _mag_signed,
+                    "Rank by magnitude, w.abs(): the most negative weights are the largest "
+                    "ones, not the smallest."),
+        ],
+    ),
+    Exercise(
+        "mask_2_4", LAB, mask_2_4,
+        fixed_cases=[Case((torch.tensor([[0.1, -0.9, 0.5, 0.2, 3.0, -4.0, 0.0, 1.0],
+                                         [-2.0, 0.3, 0.1, 0.4, 0.5, 0.6, -0.7, 0.8],
+                                         [1.0, 2.0, 3.0, 4.0, -4.0, -3.0, -2.0, -1.0],
+                                         [0.4, 0.3, 0.2, 0.1, 0.0, 0.9, 0.05, 0.0]]),)),
+                     Case((_randn(0, 8, 16),)), Case((_randn(1, 4, 4),)),
+                     Case((_randn(2, 16, 64),))],
+        random_case=_random_24_case,
+        hint="w.abs().reshape(out, in // 4, 4) groups 4 consecutive weights of each row; "
+             "topk(2, dim=-1).indices are the two to keep; scatter True there and reshape "
+             "back to (out, in).",
+        mistakes=[
+            Mistake("keeps the smallest", _m24_smallest,
+                    "Magnitude pruning keeps the LARGEST |w| of each group (topk with "
+                    "largest=True): small weights contribute least to the output."),
+            Mistake("groups down the columns", _m24_columns,
+                    "The 2:4 groups run along a row of W (out, in), i.e. along the input "
+                    "dimension the matmul sums over, not down a column."),
+            Mistake("value, not magnitude", _m24_signed,
+                    "Rank by magnitude, w.abs(): a large negative weight matters as much as a "
+                    "large positive one."),
+        ],
+    ),
+]

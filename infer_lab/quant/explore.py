@@ -1,0 +1,323 @@
+"""Lab 02's measurements: the size / perplexity / speed Pareto explorer, and one linear
+layer timed to show when dequantize-then-multiply is slower than fp32.
+
+Every scheme becomes a point (weight size, held-out perplexity, decode tokens/s). A point
+p *dominates* q when it is no bigger and no worse (size_p <= size_q and ppl_p <= ppl_q);
+the Pareto frontier is the set of points nothing dominates, the only schemes worth
+picking (Pareto-optimal trade-offs, as in every quantization paper's size/quality plot).
+
+The schemes come from :mod:`.catalog` (the same ones ``python -m infer_lab.bench quant``
+measures, with the same approach: perplexity of held-out token ids, greedy decode with
+the contenders interleaved). The sliders add round-to-nearest (RTN) points at any
+bits (2..8) and group size: 8 and 4 bits build real Int8Linear / Int4Linear layers;
+other widths are *simulated* (weights quantized then stored back in fp32, their size
+counted as packed codes + fp16 scales), so they have a perplexity and a size but no
+speed of their own.
+
+Speed on a CPU at batch 1 (one token per forward): reading W dominates a matmul. Our
+Int8Linear/Int4Linear read the small codes, *write* an fp32 copy of W and read that copy
+again for an fp32 matmul, so they move more bytes than fp32 itself. A kernel that
+multiplies int8 directly (fbgemm, behind PyTorch's dynamic quantization) reads 1 byte
+per weight and is the path that gets faster. :func:`.explain.time_linear`
+measures both.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+
+import ipywidgets as W
+import plotly.graph_objects as go
+import torch
+from torch import nn
+
+from ..bench import format_table
+from ..viz import COLORS, _layout
+from ..widgets import _Calculator, _swap
+from .apply import Scheme, quantize_model
+from .catalog import (
+    METHOD_NAMES,
+    Unavailable,
+    build,
+    eligible,
+    linear_bits_per_weight,
+    stored_bytes,
+)
+from .primitives import quantize
+
+
+@dataclass(frozen=True)
+class LabSizes:
+    """Lab 02's experiment sizes at one INFER_LAB_SCALE."""
+
+    ppl_tokens: int  # held-out tokens scored for perplexity
+    seq_len: int  # perplexity window
+    new_tokens: int  # greedy tokens per timed decode
+    repeats: int  # timed decodes per scheme (median)
+    calib_seqs: int  # GPTQ / AWQ calibration windows ...
+    calib_len: int  # ... of this many training tokens
+    awq_grid: int  # alpha values AWQ tries per layer
+    awq_sample: int  # token inputs that score each alpha
+    linear_repeats: int  # timed calls of one linear layer
+    schemes: tuple[str, ...] | None  # catalog names the explorer measures; None: all
+
+
+# At CI scale the slowest decoders (FP8 and NF4 table lookups) stay out; laptop runs all.
+CI_SCHEMES = ("fp32", "int8", "int8 dynamic (fbgemm)", "q8_0", "int4-channel", "int4-g64",
+              "gptq int4-g64", "awq int4-g64", "q4_k_m")
+SIZES = {
+    "ci": LabSizes(512, 128, 12, 2, 4, 64, 4, 256, 50, CI_SCHEMES),
+    "laptop": LabSizes(4096, 256, 32, 3, 16, 256, 10, 1024, 50, None),
+    "gpu": LabSizes(16384, 256, 64, 3, 16, 256, 20, 1024, 100, None),
+}
+
+
+def lab_sizes(scale_name: str | None = None) -> LabSizes:
+    """The sizes for ``scale_name`` (default: the current INFER_LAB_SCALE)."""
+    from ..scale import scale_name as current
+
+    return SIZES[current(scale_name)]
+
+
+@dataclass(frozen=True)
+class ParetoPoint:
+    """One scheme on the trade-off: how big, how good, how fast."""
+
+    name: str
+    weight_bytes: int  # every stored byte of the model (codes, scales, fp32 embedding, norms)
+    bits_per_weight: float  # quantized linears only: codes + scales over their weights
+    ppl: float  # held-out perplexity
+    tokens_per_s: float | None  # greedy decode at batch 1; None when simulated
+    kind: str = "catalog"  # "catalog" | "rtn" (real int8/int4 modules) | "simulated"
+
+
+def fit_group(in_features: int, group_size: int) -> int:
+    """The largest halving of group_size that divides in_features (code-m's d_ff = 704
+    takes no g128), the same fallback as the catalog's RTN schemes."""
+    g = group_size
+    while g > 1 and in_features % g:
+        g //= 2
+    return g
+
+
+def rtn_name(bits: int, group_size: int) -> str:
+    """The slider point's label; group_size 0 means per output channel."""
+    return f"RTN int{bits}-{'channel' if not group_size else f'g{group_size}'}"
+
+
+def rtn_model(fp: nn.Module, bits: int, group_size: int) -> nn.Module:
+    """A quantized copy: real Int8Linear / Int4Linear layers (bits 8 or 4).
+    group_size 0 means one scale per output channel."""
+    scheme = Scheme(bits=bits, group_size=group_size or None)
+    over = {}
+    for n, lin in eligible(fp).items():
+        g = fit_group(lin.in_features, group_size) if group_size else 0
+        if g != group_size:
+            over[n] = replace(scheme, group_size=g, overrides={})
+    return quantize_model(copy.deepcopy(fp), replace(scheme, overrides=over)).eval()
+
+
+def simulated_rtn(fp: nn.Module, bits: int, group_size: int) -> tuple[nn.Module, int, float]:
+    """(copy with every eligible weight replaced by its b-bit RTN reconstruction, bytes the
+    packed model would store, bits per weight). Codes pack at ``bits`` each, scales fp16."""
+    m = copy.deepcopy(fp)
+    n_weights, bits_stored = 0, 0
+    for lin in eligible(m).values():
+        g = fit_group(lin.in_features, group_size) if group_size else 0
+        qt = quantize(lin.weight, bits, "group" if g else "channel", g or None,
+                      scale_dtype=torch.float16)
+        lin.weight.data = qt.dequantize()  # (out, in) fp32 again, rounded to the b-bit grid
+        n_weights += lin.weight.numel()
+        bits_stored += qt.q.numel() * bits + qt.scale.numel() * 16
+    size = stored_bytes(fp) - 4 * n_weights + bits_stored // 8  # fp32 weights -> packed
+    return m.eval(), size, bits_stored / n_weights
+
+
+def heldout_ids(tok, n_tokens: int) -> list[int]:
+    """EOS then the first n_tokens of the held-out text (as the benchmark scores it)."""
+    from ..zoo.data import held_out_text
+
+    ids = tok.encode(held_out_text(max_chars=12 * n_tokens))[:n_tokens]
+    return ([tok.eos_id] if tok.eos_id is not None else []) + ids
+
+
+def decode_tokens_per_s(models: dict[str, nn.Module], prompt: list[int], n: int,
+                        repeats: int, progress: bool = False) -> dict[str, float]:
+    """Greedy decode tokens/s at batch 1 (prefill included), contenders alternated."""
+    from tqdm.auto import tqdm
+
+    from ..bench.quant import decode_speeds
+
+    with tqdm(total=len(models) * repeats, desc="decode timing", disable=not progress) as bar:
+        speeds = decode_speeds(models, n, repeats, prompt, bar)
+    return {k: r["tokens_per_s"] for k, r in speeds.items()}
+
+
+def pareto_front(points: Iterable[ParetoPoint], x: str = "bits_per_weight") -> list[ParetoPoint]:
+    """The points no other point beats on both size and perplexity, smallest first."""
+    front, best = [], float("inf")
+    for p in sorted(points, key=lambda p: (getattr(p, x), p.ppl)):
+        if p.ppl < best:
+            front.append(p)
+            best = p.ppl
+    return front
+
+
+X_AXES = {"bits_per_weight": "quantized layers (bits per weight, log)",
+          "weight_mb": "whole model (MB stored, log)"}
+
+
+def pareto_figure(points: Sequence[ParetoPoint], x: str = "bits_per_weight",
+                  highlight: str | None = None) -> go.Figure:
+    """Size (log) against perplexity; colour = decode tokens/s; dashed = Pareto frontier."""
+    xv = (lambda p: p.weight_bytes / 1e6) if x == "weight_mb" else (lambda p: p.bits_per_weight)
+    hover = ("<b>%{text}</b><br>%{customdata[0]:.3g} MB, %{customdata[1]:.3g} bits/weight"
+             "<br>perplexity %{y:.4g}<br>%{customdata[2]}<extra></extra>")
+    fig = go.Figure()
+    for measured in (True, False):
+        ps = [p for p in points if (p.tokens_per_s is not None) == measured]
+        if not ps:
+            continue
+        speed = [f"{p.tokens_per_s:.3g} tokens/s" if measured else "speed not measured "
+                 "(simulated)" for p in ps]
+        marker = ({"size": 13, "color": [p.tokens_per_s for p in ps], "colorscale": "Viridis",
+                   "showscale": True, "colorbar": {"title": "decode<br>tokens/s"},
+                   "line": {"width": 1, "color": "black"}} if measured else
+                  {"size": 12, "color": "white", "line": {"width": 2, "color": "gray"}})
+        fig.add_trace(go.Scatter(
+            x=[xv(p) for p in ps], y=[p.ppl for p in ps], mode="markers+text",
+            text=[p.name for p in ps], textposition="top center", textfont={"size": 10},
+            customdata=[[p.weight_bytes / 1e6, p.bits_per_weight, s] for p, s in zip(ps, speed)],
+            hovertemplate=hover, marker=marker,
+            name="measured (colour: tokens/s)" if measured else "simulated bits (no speed)"))
+    front = pareto_front(points, "weight_bytes" if x == "weight_mb" else "bits_per_weight")
+    fig.add_trace(go.Scatter(x=[xv(p) for p in front], y=[p.ppl for p in front],
+                             mode="lines", line={"dash": "dash", "color": COLORS[3]},
+                             name="Pareto frontier", hoverinfo="skip"))
+    if highlight is not None and any(p.name == highlight for p in points):
+        p = next(p for p in points if p.name == highlight)
+        fig.add_trace(go.Scatter(x=[xv(p)], y=[p.ppl], mode="markers", name="your setting",
+                                 marker={"size": 22, "symbol": "star-open", "color": "black",
+                                         "line": {"width": 2}}))
+    _layout(fig, "Size vs perplexity vs speed (code-m, batch 1)", X_AXES[x],
+            "held-out perplexity (per token, lower is better)", height=520)
+    fig.update_xaxes(type="log")
+    ppl = [p.ppl for p in points]
+    if ppl and max(ppl) > 3 * min(ppl):  # 2-bit RTN can be orders of magnitude worse
+        fig.update_yaxes(type="log")
+    fig.update_layout(legend={"orientation": "h", "y": -0.18})
+    return fig
+
+
+class ParetoExplorer(_Calculator):
+    """The catalog's schemes as Pareto points, plus an RTN point for the sliders' bits and
+    group size (measured on first use, then cached in ``self.points``)."""
+
+    GROUPS = (("channel", 0), ("128", 128), ("64", 64), ("32", 32), ("16", 16))
+
+    def __init__(self, model: nn.Module, tok, sizes: LabSizes | None = None,
+                 schemes: Sequence[str] | None = None, calib_ids: torch.Tensor | None = None,
+                 bits: int = 3, group_size: int = 64, progress: bool = True):
+        self.fp, self.sizes, self.progress = model.eval(), sizes or lab_sizes(), progress
+        self.ppl_ids = heldout_ids(tok, self.sizes.ppl_tokens)
+        self.prompt = tok.encode("def read_config(path):")
+        self.ctx = {"calib_ids": calib_ids, "group_size": 64,
+                    "options": {"grid": self.sizes.awq_grid, "n_sample": self.sizes.awq_sample}}
+        self.points: dict[str, ParetoPoint] = {}  # name -> measured point (the cache)
+        self.skipped: dict[str, str] = {}  # name -> why it could not run here
+        self.latest: str | None = None
+        self.vs_fp32: dict[str, float] = {}  # slider point -> tokens/s over fp32's, same run
+        style = {"description_width": "80px"}
+        self.bits = W.IntSlider(value=bits, min=2, max=8, description="RTN bits",
+                                continuous_update=False, style=style)
+        self.group = W.SelectionSlider(options=self.GROUPS, value=group_size,
+                                       description="group size", continuous_update=False,
+                                       style=style)
+        self.xaxis = W.ToggleButtons(options=[("bits/weight", "bits_per_weight"),
+                                              ("MB", "weight_mb")], description="x axis")
+        self.controls = W.HBox([self.bits, self.group, self.xaxis])
+        self.readout = W.HTML()
+        self.figure = go.FigureWidget()
+        self.measure_schemes(schemes or self.sizes.schemes or METHOD_NAMES)
+        self._wire(self.bits, self.group)
+        self.xaxis.observe(lambda _c: self.redraw(), names="value")
+        self.update()
+
+    def ppl(self, model: nn.Module) -> float:
+        from ..quality import perplexity
+
+        return perplexity(model, self.ppl_ids, seq_len=self.sizes.seq_len, progress=False).ppl
+
+    def measure_schemes(self, names: Sequence[str]) -> None:
+        """Build each catalog scheme, score its perplexity, then time all decodes together."""
+        import logging
+
+        from tqdm.auto import tqdm
+
+        logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # one line per matmul
+        names = [n for n in names if n not in self.points]
+        built, ids = {}, list(eligible(self.fp))
+        for name in tqdm(names, desc="build + perplexity", disable=not self.progress):
+            try:
+                m = self.fp if name == "fp32" else build(self.fp, name, self.ctx)
+                built[name] = (m, stored_bytes(m), linear_bits_per_weight(m, ids), self.ppl(m))
+            except (Unavailable, ValueError, RuntimeError) as e:
+                self.skipped[name] = f"{type(e).__name__}: {e}"
+        tps = decode_tokens_per_s({k: v[0] for k, v in built.items()}, self.prompt,
+                                  self.sizes.new_tokens, self.sizes.repeats, self.progress)
+        for name, (_m, size, bpw, p) in built.items():
+            self.points[name] = ParetoPoint(name, size, bpw, p, tps[name])
+
+    def add_rtn(self, bits: int, group_size: int) -> ParetoPoint:
+        """The RTN point for (bits, group_size), measured once then read from the cache."""
+        name = rtn_name(bits, group_size)
+        if name not in self.points:
+            if bits in (8, 4):
+                m = rtn_model(self.fp, bits, group_size)
+                # fp32 runs again alongside: a busy machine slows both, not just one.
+                tps = decode_tokens_per_s({name: m, "fp32": self.fp}, self.prompt,
+                                          self.sizes.new_tokens, self.sizes.repeats)
+                self.vs_fp32[name] = tps[name] / tps["fp32"]
+                tps = tps[name]
+                self.points[name] = ParetoPoint(
+                    name, stored_bytes(m), linear_bits_per_weight(m, list(eligible(self.fp))),
+                    self.ppl(m), tps, "rtn")
+            else:
+                m, size, bpw = simulated_rtn(self.fp, bits, group_size)
+                self.points[name] = ParetoPoint(name, size, bpw, self.ppl(m), None, "simulated")
+        return self.points[name]
+
+    def update(self) -> None:
+        self.readout.value = "measuring..."
+        p = self.add_rtn(self.bits.value, self.group.value)
+        self.latest = p.name
+        self.redraw()
+        fp = self.points.get("fp32")
+        text = f"<b>{p.name}</b>: {p.bits_per_weight:.3g} bits/weight, {p.weight_bytes / 1e6:.3g} MB"
+        if fp:
+            text += (f" ({fp.weight_bytes / p.weight_bytes:.2f}x smaller than fp32), perplexity "
+                     f"{p.ppl:.4g} ({100 * (p.ppl / fp.ppl - 1):+.2f}% vs fp32)")
+        text += (f", {p.tokens_per_s:.3g} tokens/s ({self.vs_fp32[p.name]:.2f}x fp32 timed "
+                 "alongside it)" if p.tokens_per_s is not None else
+                 ", speed not measured (simulated: no packed kernel for this width here)")
+        self.readout.value = text
+
+    def redraw(self) -> None:
+        _swap(self.figure, pareto_figure(list(self.points.values()), self.xaxis.value,
+                                         self.latest))
+
+    def table(self) -> str:
+        """The measured points, fp32 first, as a plain-text table."""
+        fp = self.points.get("fp32")
+        rows = []
+        for p in self.points.values():
+            rows.append([p.name, p.weight_bytes / 1e6, p.bits_per_weight, p.ppl,
+                         "n/a" if p.tokens_per_s is None else p.tokens_per_s,
+                         "n/a" if p.tokens_per_s is None or fp is None
+                         else f"{p.tokens_per_s / fp.tokens_per_s:.2f}x"])
+        out = format_table(rows, ["scheme", "MB", "bits/w", "ppl", "tokens/s", "vs fp32"])
+        for name, why in self.skipped.items():
+            out += f"\nnot run: {name}: {why}"
+        return out

@@ -1,0 +1,155 @@
+"""The engine thread of the HTTP server, and the Prometheus metrics it keeps.
+
+``Engine.step()`` is synchronous and the engine is not thread-safe, so exactly one
+thread owns it and loops
+
+    drain commands (submit, abort)  ->  step()  ->  hand each new token to its request
+
+Other threads (the asyncio event loop of :mod:`infer_lab.serving.server`) only put
+commands on a thread-safe queue and receive tokens through the callback ("sink") they
+registered with the request. An abort is applied before the next step, so a cancelled
+request's KV blocks are free for it.
+
+Metrics live in a :class:`~prometheus_client.CollectorRegistry` of their own, one per
+app, so two servers in one process (tests, notebooks) do not share counters.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from ..generate import Sampling
+
+LATENCY_BUCKETS = (.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30)
+
+
+class ServerMetrics:
+    """Prometheus metrics in a registry of their own (no global state: one per app)."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.waiting = Gauge("infer_lab_queue_length", "requests waiting to run", registry=r)
+        self.running = Gauge("infer_lab_running_sequences", "requests running", registry=r)
+        self.kv_used = Gauge("infer_lab_kv_blocks_used", "KV blocks held", registry=r)
+        self.kv_total = Gauge("infer_lab_kv_blocks_total", "KV blocks in the pool", registry=r)
+        self.ttft = Histogram("infer_lab_ttft_seconds", "time to first token",
+                              buckets=LATENCY_BUCKETS, registry=r)
+        self.tpot = Histogram("infer_lab_tpot_seconds", "time per output token after the first",
+                              buckets=LATENCY_BUCKETS, registry=r)
+        self.tokens = Counter("infer_lab_generated_tokens", "output tokens", registry=r)
+        self.tokens_per_s = Gauge("infer_lab_tokens_per_second",
+                                  "output tokens/s over the last 5 s", registry=r)
+        self.rejected = Counter("infer_lab_rejected_requests", "429s (queue full)", registry=r)
+        self._window: deque[tuple[float, int]] = deque()
+
+    def observe_state(self, engine: Any) -> None:
+        sched = getattr(engine, "scheduler", None)  # the baselines keep plain queues
+        self.waiting.set(len(sched.waiting) if sched else len(getattr(engine, "waiting", ())))
+        self.running.set(len(sched.running) if sched else len(getattr(engine, "batch", ())))
+        bm = getattr(engine, "block_manager", None)
+        if bm is not None:
+            self.kv_used.set(bm.num_used_blocks)
+            self.kv_total.set(bm.num_blocks)
+
+    def observe_tokens(self, num_tokens: int, now: float) -> None:
+        self.tokens.inc(num_tokens)
+        self._window.append((now, num_tokens))
+        while self._window and now - self._window[0][0] > 5.0:
+            self._window.popleft()
+        span = now - self._window[0][0] if len(self._window) > 1 else 0.0
+        self.tokens_per_s.set(sum(n for _, n in self._window) / span if span > 0 else 0.0)
+
+
+class EngineLoop:
+    """The one thread that owns the engine. Everything else talks to it by command."""
+
+    def __init__(self, engine: Any, metrics: ServerMetrics):
+        self.engine, self.metrics = engine, metrics
+        self._cmds: queue.SimpleQueue = queue.SimpleQueue()
+        self._sinks: dict[int, Callable[[tuple], None]] = {}  # seq_id -> deliver(token event)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="engine-loop", daemon=True)
+        self.error: BaseException | None = None
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._cmds.put(("wake",))
+        self._thread.join(timeout=10)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive() and self.error is None
+
+    def submit(self, prompt: list[int], max_tokens: int, sampling: Sampling,
+               eos_id: int | None, sink: Callable[[tuple], None]) -> concurrent.futures.Future:
+        """Future of the Sequence, or of the ValueError the engine refuses it with."""
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        self._cmds.put(("add", prompt, max_tokens, sampling, eos_id, sink, fut))
+        return fut
+
+    def abort(self, seq_id: int) -> None:
+        self._cmds.put(("abort", seq_id))
+
+    def _handle(self, cmd: tuple) -> None:
+        if cmd[0] == "add":
+            _, prompt, max_tokens, sampling, eos_id, sink, fut = cmd
+            try:
+                seq = self.engine.add_request(prompt, max_tokens, sampling, eos_id)
+            except Exception as e:  # noqa: BLE001 - the client hears why; the loop goes on
+                fut.set_exception(e)
+                return
+            self._sinks[seq.seq_id] = sink
+            fut.set_result(seq)
+        elif cmd[0] == "abort":
+            self.engine.abort(cmd[1])  # frees the blocks now, before the next step
+            self._sinks.pop(cmd[1], None)
+
+    def _drain(self, block: bool) -> None:
+        try:  # block only when there is nothing to step
+            self._handle(self._cmds.get(timeout=0.1) if block else self._cmds.get_nowait())
+            while True:
+                self._handle(self._cmds.get_nowait())
+        except queue.Empty:
+            pass
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._drain(block=not self.engine.has_unfinished())
+            self.metrics.observe_state(self.engine)
+            if not self.engine.has_unfinished():
+                continue
+            before = self.engine.num_steps
+            try:
+                outputs = self.engine.step()
+            except Exception as e:  # noqa: BLE001 - a broken engine must fail every client
+                self.error = e
+                for sink in self._sinks.values():
+                    sink(("error", repr(e)))
+                return
+            if self.engine.num_steps == before:
+                time.sleep(0.001)  # nothing ran: a static batcher waiting for a full batch
+                continue
+            for out in outputs:
+                sink = self._sinks.get(out.seq_id)
+                if sink is not None:
+                    sink(("token", out.token, out.finished, out.seq.finish_reason))
+                if out.finished:
+                    self._sinks.pop(out.seq_id, None)
+                    s = out.seq
+                    if s.ttft is not None:
+                        self.metrics.ttft.observe(s.ttft)
+                    if s.tpot is not None:
+                        self.metrics.tpot.observe(s.tpot)
+            self.metrics.observe_tokens(len(outputs), time.perf_counter())
+            self.metrics.observe_state(self.engine)

@@ -1,0 +1,468 @@
+"""Lab 05's measurements, figures and widgets: speculative decoding on the zoo models.
+
+Speculative decoding (Leviathan et al. 2023; Chen et al. 2023): a draft proposes k tokens,
+the target scores all of them in one forward pass, each is kept with probability
+min(1, p/q) and the first rejected one is replaced by a draw from norm(max(0, p - q)).
+With per-token acceptance alpha and a draft step costing c target steps:
+
+    speedup(alpha, k, c) = (1 - alpha^(k+1)) / ((1 - alpha)(k c + 1))
+
+Here: the rule keeps the target's distribution, and wrong rules do not
+(:func:`compare_samplers`, :class:`DistributionExplorer`); alpha, c and the speedup
+against k for several drafts, prompt lookup (Saxena 2023) among them (:func:`sweep`,
+:class:`SpeedupExplorer`); where speculation pays at all (:func:`breakeven_figure`).
+The technique itself lives in :mod:`infer_lab.speculative`; this module only measures it.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import ipywidgets as W
+import plotly.graph_objects as go
+import torch
+from plotly.subplots import make_subplots
+
+from .generate import Sampling, generate, logits_to_probs
+from .hardware import synchronize
+from .kv_cache import KVCache
+from .model import Transformer
+from .speculative import (PromptLookupDrafter, SpecStats, quantized_draft, speculative_decode,
+                          theoretical_speedup, verify)
+from .viz import COLORS
+from .widgets import _Calculator, _swap
+
+# Lab-specific sizes per INFER_LAB_SCALE (see infer_lab.scale): new tokens per run, prompts,
+# prompt length (characters), draft lengths k, samples per histogram, timed repeats.
+SIZES = {
+    "ci": {"n_new": 48, "n_prompts": 3, "chars": 500, "ks": (1, 2, 4), "samples": 1500,
+           "repeats": 2},
+    "laptop": {"n_new": 64, "n_prompts": 3, "chars": 500, "ks": (1, 2, 3, 4, 6),
+               "samples": 4000, "repeats": 2},
+    "gpu": {"n_new": 96, "n_prompts": 4, "chars": 600, "ks": (1, 2, 3, 4, 6, 8),
+            "samples": 20000, "repeats": 2},
+}
+
+
+# -- acceptance rules: the right one (infer_lab.speculative.verify) and wrong ones ----------
+def _residual(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    r = (p - q).clamp(min=0)  # (V,)
+    return r / r.sum() if r.sum() > 0 else p
+
+
+def _wrong_rule(accept: Callable[[float, float, torch.Generator | None], bool],
+                resample: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Callable:
+    """A verify() look-alike (same signature) built from a deliberately wrong piece."""
+    def rule(p, q, draft, greedy, gen):
+        for i, d in enumerate(draft):
+            q_i = q[i] if q is not None else torch.nn.functional.one_hot(
+                torch.tensor(d), p.shape[-1]).to(p)  # (V,)
+            if not accept(float(p[i, d]), float(q_i[d]), gen):
+                return i, int(torch.multinomial(resample(p[i], q_i), 1, generator=gen))
+        return len(draft), int(torch.multinomial(p[len(draft)], 1, generator=gen))
+    return rule
+
+
+def _ratio_test(p_d: float, q_d: float, gen: torch.Generator | None) -> bool:
+    return torch.rand((), generator=gen).item() < min(1.0, p_d / q_d)
+
+
+RULES: dict[str, Callable] = {
+    "min(1, p/q), then the residual (correct)": verify,
+    "keep only if p >= q": _wrong_rule(lambda p_d, q_d, g: p_d >= q_d, _residual),
+    "on rejection, draw from p": _wrong_rule(_ratio_test, lambda p, q: p),
+    "always keep the draft": _wrong_rule(lambda *_: True, _residual),
+}
+CORRECT = next(iter(RULES))
+
+
+# -- the distribution check -----------------------------------------------------------------
+@torch.inference_mode()
+def next_token_probs(model: Transformer, prompt: list[int], temperature: float) -> torch.Tensor:
+    """(V,) the model's distribution of the token after ``prompt`` at ``temperature``."""
+    logits = model(torch.tensor([prompt], device=model.device))[0, -1]  # (V,)
+    return logits_to_probs(logits.float(), Sampling(temperature=temperature)).cpu()
+
+
+def sample_first_tokens(p: torch.Tensor, q: torch.Tensor, n: int, rule: Callable = verify,
+                        seed: int = 0) -> torch.Tensor:
+    """Counts (V,) of the first token speculative sampling emits, over ``n`` draws.
+
+    Each draw: the draft proposes d ~ q (k = 1) and ``rule`` (verify's signature) keeps it
+    or replaces it. The target's row after d (the bonus position) never matters for the
+    first token, so p is repeated there instead of running the target on every d.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    drafts = torch.multinomial(q, n, replacement=True, generator=gen)  # (n,)
+    p2, q1 = torch.stack([p, p]), q[None]  # (2, V), (1, V)
+    counts = torch.zeros(p.shape[-1], dtype=torch.long)
+    for d in drafts.tolist():
+        kept, nxt = rule(p2, q1, [d], False, gen)
+        counts[d if kept else nxt] += 1
+    return counts
+
+
+def chi_square(counts: torch.Tensor, probs: torch.Tensor, min_expected: float = 5.0
+               ) -> tuple[float, int, float]:
+    """(statistic, degrees of freedom, p-value) of counts (V,) against probabilities (V,).
+
+    Tokens expected fewer than ``min_expected`` times are pooled into one bin, as the
+    chi-square approximation needs. p-value = Q(df/2, stat/2), the regularised upper
+    incomplete gamma function.
+    """
+    counts, expected = counts.double(), probs.double() * counts.sum()
+    big = expected >= min_expected
+    obs = torch.cat([counts[big], counts[~big].sum()[None]])
+    exp = torch.cat([expected[big], expected[~big].sum()[None]])
+    if bool(((exp == 0) & (obs > 0)).any()):
+        return math.inf, int(big.sum()), 0.0  # a token the target never emits
+    keep = exp > 0
+    stat = float(((obs - exp) ** 2 / exp)[keep].sum())
+    df = int(keep.sum()) - 1
+    pval = float(torch.special.gammaincc(torch.tensor(df / 2), torch.tensor(stat / 2)))
+    return stat, df, pval
+
+
+@dataclass
+class SampleComparison:
+    """Plain target sampling vs speculative sampling of one next token."""
+
+    p: torch.Tensor  # (V,) the target's exact distribution
+    q: torch.Tensor  # (V,) the draft's
+    target_counts: torch.Tensor  # (V,) tokens drawn from p directly
+    spec_counts: torch.Tensor  # (V,) tokens emitted by draft + acceptance rule
+    rule: str
+    temperature: float
+
+    @property
+    def pvalues(self) -> tuple[float, float]:
+        """Chi-square p-values of (target samples, speculative samples) against p."""
+        return chi_square(self.target_counts, self.p)[2], chi_square(self.spec_counts, self.p)[2]
+
+
+def compare_samplers(target: Transformer, draft: Transformer, prompt: list[int], n: int,
+                     temperature: float = 1.0, rule: str = CORRECT, seed: int = 0
+                     ) -> SampleComparison:
+    """Draw the token after ``prompt`` n times from the target, and n times speculatively."""
+    p = next_token_probs(target, prompt, temperature)  # (V,)
+    q = next_token_probs(draft, prompt, temperature)  # (V,)
+    gen = torch.Generator().manual_seed(seed + 1)
+    plain = torch.multinomial(p, n, replacement=True, generator=gen)  # (n,)
+    return SampleComparison(p, q, torch.bincount(plain, minlength=p.shape[-1]),
+                            sample_first_tokens(p, q, n, RULES[rule], seed), rule, temperature)
+
+
+def distribution_figure(cmp: SampleComparison, label: Callable[[int], str] = str,
+                        top: int = 12) -> go.Figure:
+    """Side-by-side histograms over the target's ``top`` tokens (+ the rest), exact p dots."""
+    ids = cmp.p.argsort(descending=True)[:top].tolist()
+    names = [f"{label(t)!r} ({t})" for t in ids] + ["all others"]  # ids: labels may repeat
+    n = int(cmp.target_counts.sum())
+
+    def shares(v: torch.Tensor) -> list[float]:
+        v = v.double() / v.sum()
+        return [float(v[t]) for t in ids] + [float(1 - v[ids].sum())]
+
+    pt, ps = cmp.pvalues
+    fig = go.Figure([
+        go.Bar(x=names, y=shares(cmp.target_counts), name=f"target sampling (p-value {pt:.3g})",
+               marker_color=COLORS[0]),
+        go.Bar(x=names, y=shares(cmp.spec_counts), marker_color=COLORS[1],
+               name=f"speculative: {cmp.rule} (p-value {ps:.3g})"),
+        go.Scatter(x=names, y=shares(cmp.p), mode="markers", name="exact target p",
+                   marker={"color": "black", "symbol": "diamond", "size": 9})])
+    fig.update_layout(title=f"First token, {n} draws each, temperature {cmp.temperature:g}",
+                      xaxis_title="token", yaxis_title="share of draws (fraction)",
+                      barmode="group", template="plotly_white", height=430,
+                      legend={"orientation": "h", "y": -0.3})
+    return fig
+
+
+class DistributionExplorer(_Calculator):
+    """Pick an acceptance rule and a temperature: target vs speculative histograms."""
+
+    def __init__(self, target: Transformer, draft: Transformer, tok, prompt: list[int],
+                 n: int, temperature: float = 1.0):
+        self.target, self.draft, self.tok, self.prompt = target, draft, tok, prompt
+        self.rule = W.Dropdown(options=list(RULES), value=CORRECT, description="rule",
+                               layout=W.Layout(width="420px"))
+        self.temperature = W.FloatSlider(value=temperature, min=0.25, max=2.0, step=0.25,
+                                         description="temperature", continuous_update=False)
+        self.n = W.IntSlider(value=n, min=200, max=max(4 * n, 2000), step=100,
+                             description="draws", continuous_update=False)
+        self.button = W.Button(description="draw again", icon="refresh")
+        self.controls = W.HBox([self.rule, self.temperature, self.n, self.button])
+        self.readout, self.figure, self.seed = W.HTML(), go.FigureWidget(), 0
+        self.button.on_click(lambda _b: self.redraw())
+        self._wire(self.rule, self.temperature, self.n)
+        self.update()
+
+    def redraw(self) -> None:
+        self.seed += 1
+        self.update()
+
+    def update(self) -> None:
+        self.result = compare_samplers(self.target, self.draft, self.prompt, self.n.value,
+                                       self.temperature.value, self.rule.value, self.seed)
+        _swap(self.figure, distribution_figure(self.result, lambda t: self.tok.decode([t])))
+        pt, ps = self.result.pvalues
+        verdict = "consistent with" if ps > 0.001 else "<b>not</b>"
+        self.readout.value = (f"chi-square p-value, target samples: {pt:.3g}; speculative "
+                              f"samples: <b>{ps:.3g}</b> ({verdict} the target's distribution "
+                              "at the 0.001 level)")
+
+
+# -- verification is one forward ------------------------------------------------------------
+@torch.inference_mode()
+def time_forward(model: Transformer, prompt: list[int], ns: Sequence[int], repeats: int = 3
+                 ) -> list[float]:
+    """Median seconds of one forward over n new tokens after a cached prompt, per n."""
+    cache = KVCache.for_model(model, 1, len(prompt) + max(ns))
+    model(torch.tensor([prompt], device=model.device), cache)  # prefill, untimed
+    base, out = cache.length, []
+    for n in ns:
+        x = torch.tensor([prompt[:n]], device=model.device)  # (1, n): any n tokens will do
+        secs = []
+        for _ in range(repeats + 1):  # the first run warms up, untimed
+            t0 = time.perf_counter()
+            model(x, cache)
+            synchronize(model.device)  # a GPU returns before the work is done
+            secs.append(time.perf_counter() - t0)
+            cache.rollback(base)
+        out.append(statistics.median(secs[1:]))
+    return out
+
+
+def forward_cost_figure(ns: Sequence[int], secs: Sequence[float]) -> go.Figure:
+    """One forward scoring n tokens, against n one-token decode steps."""
+    fig = go.Figure([
+        go.Scatter(x=list(ns), y=[s * 1e3 for s in secs], mode="lines+markers",
+                   name="one forward over n tokens (verification)"),
+        go.Scatter(x=list(ns), y=[n * secs[0] * 1e3 for n in ns], mode="lines",
+                   name="n decode steps of one token", line={"dash": "dash"})])
+    fig.update_layout(title="Scoring n tokens at once vs one at a time",
+                      xaxis_title="tokens scored (n)", yaxis_title="time (ms)",
+                      yaxis_rangemode="tozero",
+                      template="plotly_white", height=400)
+    return fig
+
+
+# -- alpha, c and speedup against k ---------------------------------------------------------
+def _untrained(target: Transformer, draft: Transformer) -> Transformer:
+    with torch.random.fork_rng():  # fixed weights, without touching the caller's RNG
+        torch.manual_seed(0)
+        return Transformer(draft.config).to(target.device, target.dtype).eval()
+
+
+# name -> how to build that draft from (target, trained small model)
+DRAFTS: dict[str, Callable[[Transformer, Transformer], object]] = {
+    "code-s": lambda target, draft: draft,
+    "prompt lookup": lambda target, draft: PromptLookupDrafter(),
+    "int8 self-draft": lambda target, draft: quantized_draft(target, "int8"),
+    "untrained code-s": _untrained,
+}
+
+
+@dataclass
+class SweepPoint:
+    """One draft length k, measured over a set of prompts (theory from measured alpha, c)."""
+
+    k: int
+    alpha: float  # per-token acceptance probability
+    acceptance_rate: float  # accepted / proposed: falls with k even at fixed alpha
+    tokens_per_call: float  # measured tokens per target call
+    c: float  # draft seconds per proposed token / plain seconds per token
+    speedup: float  # plain seconds / speculative seconds
+    by_position: list[float] = field(default_factory=list)
+
+    @property
+    def theory(self) -> float:
+        return theoretical_speedup(self.alpha, self.k, self.c)
+
+    @property
+    def expected_tokens(self) -> float:
+        a = self.alpha
+        return self.k + 1.0 if a >= 1 else (1 - a ** (self.k + 1)) / (1 - a)
+
+
+def _merge(total: SpecStats, st: SpecStats) -> None:
+    """Add one run's counts (and draft time) into ``total``."""
+    for f in ("target_calls", "proposed", "accepted", "rejected", "draft_seconds"):
+        setattr(total, f, getattr(total, f) + getattr(st, f))
+    for i, (a, n) in enumerate(zip(st.accepted_at, st.proposed_at)):
+        if i == len(total.proposed_at):
+            total.accepted_at.append(0)
+            total.proposed_at.append(0)
+        total.accepted_at[i] += a
+        total.proposed_at[i] += n
+
+
+def measure_point(target: Transformer, drafter, prompts: list[list[int]], n_new: int, k: int,
+                  sampling: Sampling, repeats: int) -> SweepPoint:
+    """Speculative decoding at one k against plain decoding: alpha, c, tokens per call, speedup.
+
+    Plain and speculative runs alternate, prompt by prompt, so a slowdown caused by other
+    work on the machine hits both; each keeps its fastest of ``repeats`` runs (the least
+    disturbed). c = draft seconds per proposed token / plain seconds per token.
+    """
+    total, plain, spent = SpecStats(), 0.0, 0.0
+    for p in prompts:
+        best_plain = best_spec = math.inf
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            generate(target, [p], n_new, sampling)
+            t1 = time.perf_counter()
+            _, st = speculative_decode(target, drafter, p, n_new, k=k, sampling=sampling)
+            t2 = time.perf_counter()
+            best_plain = min(best_plain, t1 - t0)
+            if t2 - t1 < best_spec:
+                best_spec, best_stats = t2 - t1, st
+        plain, spent = plain + best_plain, spent + best_spec
+        _merge(total, best_stats)
+    per_draft_token = total.draft_seconds / total.proposed if total.proposed else 0.0
+    c = per_draft_token / (plain / (n_new * len(prompts)))
+    return SweepPoint(k, total.alpha, total.acceptance_rate, total.tokens_per_target_call, c,
+                      plain / spent, total.acceptance_by_position())
+
+
+def sweep(target: Transformer, drafter, prompts: list[list[int]], ks: Sequence[int],
+          n_new: int, sampling: Sampling, repeats: int, desc: str = "k") -> list[SweepPoint]:
+    """One :class:`SweepPoint` per k, each against plain decoding timed alongside it."""
+    from tqdm.auto import tqdm
+
+    speculative_decode(target, drafter, prompts[0], 4, k=ks[0], sampling=sampling)  # warm-up
+    return [measure_point(target, drafter, prompts, n_new, k, sampling, repeats)
+            for k in tqdm(ks, desc=desc, leave=False)]
+
+
+def points_table(points: Sequence[SweepPoint]) -> str:
+    """A plain-text table of a sweep, measured next to the formulas."""
+    from .bench import format_table
+
+    rows = [[f"k={p.k}", p.alpha, p.acceptance_rate, p.tokens_per_call, p.expected_tokens,
+             p.c, p.speedup, p.theory] for p in points]
+    return format_table(rows, ["", "alpha", "accepted/proposed", "tokens/call",
+                               "(1-a^(k+1))/(1-a)", "c", "speedup", "theory"])
+
+
+def speedup_figure(curves: dict[str, Sequence[SweepPoint]], k_selected: int | None = None
+                   ) -> go.Figure:
+    """Left: measured speedup (solid) and theory from measured alpha, c (dashed) against k.
+    Right: alpha and the acceptance rate against k."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("speedup over plain decoding",
+                                                        "acceptance against k"))
+    for i, (label, pts) in enumerate(curves.items()):
+        color, ks = COLORS[i % len(COLORS)], [p.k for p in pts]
+        fig.add_trace(go.Scatter(x=ks, y=[p.speedup for p in pts], mode="lines+markers",
+                                 name=f"{label}: measured", line={"color": color}), 1, 1)
+        fig.add_trace(go.Scatter(x=ks, y=[p.theory for p in pts], mode="lines",
+                                 name=f"{label}: theory", line={"color": color, "dash": "dash"}),
+                      1, 1)
+        fig.add_trace(go.Scatter(x=ks, y=[p.alpha for p in pts], mode="lines+markers",
+                                 name=f"{label}: alpha", line={"color": color}), 1, 2)
+        fig.add_trace(go.Scatter(x=ks, y=[p.acceptance_rate for p in pts], mode="lines",
+                                 name=f"{label}: accepted/proposed",
+                                 line={"color": color, "dash": "dot"}), 1, 2)
+    fig.add_hline(y=1.0, line={"color": "gray", "width": 1}, row=1, col=1,
+                  annotation_text="plain decoding")
+    if k_selected is not None:
+        fig.add_vline(x=k_selected, line={"color": "gray", "dash": "dot"})
+    fig.update_xaxes(title_text="draft tokens per step (k)")
+    fig.update_yaxes(title_text="speedup (x)", row=1, col=1)
+    fig.update_yaxes(title_text="probability", range=[0, 1.05], row=1, col=2)
+    fig.update_layout(template="plotly_white", height=450,
+                      margin={"l": 60, "r": 20, "t": 60, "b": 50})
+    return fig
+
+
+class SpeedupExplorer(_Calculator):
+    """Sliders for k and temperature, a draft picker: measured vs theoretical speedup.
+
+    Each (draft, temperature) is measured once for every k and kept in ``results``; the
+    figure shows every draft measured at the current temperature.
+    """
+
+    def __init__(self, target: Transformer, draft: Transformer, prompts: list[list[int]],
+                 sizes: dict, temperatures: Sequence[float] = (0.0, 0.5, 1.0)):
+        self.target, self.small, self.prompts, self.sizes = target, draft, prompts, sizes
+        self.results: dict[tuple[str, float], list[SweepPoint]] = {}
+        self.drafters: dict[str, object] = {}
+        self.draft = W.Dropdown(options=list(DRAFTS), value="code-s", description="draft")
+        self.temperature = W.SelectionSlider(options=list(temperatures), value=temperatures[0],
+                                             description="temperature",
+                                             continuous_update=False)
+        self.k = W.SelectionSlider(options=list(sizes["ks"]), value=sizes["ks"][0],
+                                   description="k", continuous_update=False)
+        self.controls = W.HBox([self.draft, self.temperature, self.k])
+        self.readout, self.figure = W.HTML(), go.FigureWidget()
+        self._wire(self.draft, self.temperature, self.k)
+        self.update()
+
+    def points(self, draft: str, temperature: float) -> list[SweepPoint]:
+        """The sweep of one draft at one temperature (measured on first use)."""
+        key = (draft, temperature)
+        if key not in self.results:
+            s = self.sizes
+            sampling = Sampling(temperature=temperature, seed=0)
+            if draft not in self.drafters:
+                self.drafters[draft] = DRAFTS[draft](self.target, self.small)
+            self.results[key] = sweep(self.target, self.drafters[draft], self.prompts,
+                                      s["ks"], s["n_new"], sampling, s["repeats"],
+                                      desc=f"{draft}, T={temperature}")
+        return self.results[key]
+
+    def update(self) -> None:
+        T, k = self.temperature.value, self.k.value
+        self.readout.value = "measuring..."
+        pt = next(p for p in self.points(self.draft.value, T) if p.k == k)
+        curves = {d: pts for (d, t), pts in self.results.items() if t == T}
+        _swap(self.figure, speedup_figure(curves, k))
+        pos = ", ".join(f"{a:.2f}" for a in pt.by_position)
+        self.readout.value = (
+            f"<b>{self.draft.value}</b>, k={k}, temperature {T:g}: alpha = {pt.alpha:.3f}, "
+            f"c = {pt.c:.3f}, tokens per target call {pt.tokens_per_call:.2f} (formula "
+            f"{pt.expected_tokens:.2f}); speedup <b>{pt.speedup:.2f}x</b> measured, "
+            f"{pt.theory:.2f}x in theory<br>acceptance by draft position: {pos}")
+
+
+def breakeven_figure(measured: dict[str, tuple[float, float, float]], k_max: int = 8
+                     ) -> go.Figure:
+    """Where speculation pays: the best theoretical speedup over k = 1..k_max for each
+    (c, alpha), with the measured drafts on top. measured: {label: (alpha, c, speedup)}."""
+    c_max = max([1.5] + [1.1 * c for _, c, _ in measured.values()])
+    cs = [i * c_max / 60 for i in range(61)]  # 0 .. c_max
+    alphas = [i * 0.02 for i in range(51)]  # 0 .. 1
+    # log2, so that 2x faster and 2x slower get equally strong colours around white = 1x
+    z = [[math.log2(max(theoretical_speedup(a, k, c) for k in range(1, k_max + 1)))
+          for c in cs] for a in alphas]
+    ticks = [-2, -1, -0.5, 0, 0.5, 1, 2]
+    fig = go.Figure([
+        go.Contour(x=cs, y=alphas, z=z, zmin=-2, zmax=2, zmid=0, colorscale="RdBu",
+                   contours={"start": -2, "end": 2, "size": 0.25}, line={"width": 0},
+                   colorbar={"title": "best speedup", "tickvals": ticks,
+                             "ticktext": [f"{2 ** t:.2g}x" for t in ticks]},
+                   hovertemplate="c %{x:.3f}, alpha %{y:.2f}<extra></extra>"),
+        go.Contour(x=cs, y=alphas, z=z, showscale=False, hoverinfo="skip",
+                   contours={"start": 0, "end": 0, "size": 1, "coloring": "lines"},
+                   line={"color": "black", "width": 2, "dash": "dash"},
+                   colorscale=[[0, "black"], [1, "black"]], name="break-even (1x)")])
+    for i, (label, (a, c, s)) in enumerate(measured.items()):
+        fig.add_trace(go.Scatter(x=[c], y=[a], mode="markers+text",
+                                 text=[f"{label}: {s:.2f}x"], textposition="middle right",
+                                 marker={"size": 11, "color": "black",
+                                         "symbol": ["circle", "diamond", "square", "x"][i % 4]},
+                                 name=label, showlegend=False))
+    fig.update_layout(title=f"Best theoretical speedup over k = 1..{k_max} (blue pays, red is "
+                            "slower; dashed: break-even), measured drafts at their best k",
+                      xaxis_title="cost ratio c (draft step / target step)",
+                      yaxis_title="acceptance alpha", template="plotly_white", height=480,
+                      xaxis={"range": [-0.05, c_max * 1.2]}, yaxis={"range": [-0.05, 1.08]})
+    return fig
+
+
+def best_point(points: Sequence[SweepPoint]) -> SweepPoint:
+    return max(points, key=lambda p: p.speedup)

@@ -1,0 +1,169 @@
+"""Lab 02's helpers: Pareto points are sane, figures build, the explorer's sliders add points."""
+
+import pytest
+import torch
+
+from infer_lab.config import get_config
+from infer_lab.exercises import quantization as ex
+from infer_lab.model import Transformer
+from infer_lab.quant import explain, explore
+from infer_lab.quant.catalog import eligible, stored_bytes
+from infer_lab.quant.primitives import pack_int4, quantize
+
+TINY = explore.LabSizes(ppl_tokens=64, seq_len=32, new_tokens=2, repeats=1, calib_seqs=2,
+                        calib_len=16, awq_grid=2, awq_sample=32, linear_repeats=2,
+                        schemes=("fp32", "int8", "int4-g64"))
+
+
+@pytest.fixture(scope="module")
+def tok():
+    from infer_lab.zoo import load_tokenizer
+
+    return load_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def tiny(tok):
+    """Random weights in code-m's block style, small: d_ff 192 takes g64 but not g128."""
+    torch.manual_seed(0)
+    cfg = get_config("code-m", n_layer=2, d_model=128, n_head=4, n_kv_head=2, d_ff=192,
+                     max_seq_len=128, vocab_size=tok.vocab_size)
+    return Transformer(cfg).float().eval()
+
+
+@pytest.fixture(scope="module")
+def explorer(tiny, tok):
+    return explore.ParetoExplorer(tiny, tok, TINY, bits=4, group_size=64, progress=False)
+
+
+def test_sizes_for_every_scale():
+    from infer_lab.scale import SCALES
+
+    assert set(explore.SIZES) == set(SCALES)
+    assert explore.lab_sizes("ci") is explore.SIZES["ci"]
+    assert all(s in explore.METHOD_NAMES for s in explore.SIZES["ci"].schemes)
+
+
+def test_catalog_points_are_sane(explorer):
+    p = explorer.points
+    assert set(TINY.schemes) <= set(p)
+    assert p["fp32"].bits_per_weight == 32.0
+    assert p["int4-g64"].weight_bytes < p["int8"].weight_bytes < p["fp32"].weight_bytes
+    assert p["int4-g64"].bits_per_weight == pytest.approx(4.25)
+    for q in p.values():
+        assert q.ppl > 1 and (q.tokens_per_s is None or q.tokens_per_s > 0)
+    assert "fp32" in explorer.table() and "tokens/s" in explorer.table()
+
+
+def test_slider_adds_a_cached_point(explorer):
+    n = len(explorer.points)
+    explorer.bits.value = 3  # a simulated width
+    p = explorer.points["RTN int3-g64"]
+    assert len(explorer.points) == n + 1 and explorer.latest == p.name
+    assert p.kind == "simulated" and p.tokens_per_s is None
+    assert p.bits_per_weight == pytest.approx(3.25)  # 3 + 16 / 64
+    assert "RTN int3-g64" in explorer.readout.value
+    explorer.group.value = 0  # per channel
+    assert "RTN int3-channel" in explorer.points
+    explorer.bits.value = 8  # real Int8Linear layers, timed
+    r = explorer.points["RTN int8-channel"]
+    assert r.kind == "rtn" and r.tokens_per_s > 0
+    assert any(t.name == "your setting" for t in explorer.figure.data)
+    before = len(explorer.points)
+    explorer.bits.value = 3
+    assert len(explorer.points) == before  # measured once, then read from the cache
+
+
+def test_group_falls_back_to_a_divisor(tiny):
+    assert explore.fit_group(704, 128) == 64 and explore.fit_group(256, 128) == 128
+    m = explore.rtn_model(tiny, 4, 128)  # d_ff 192 is not a multiple of 128
+    for name, lin in eligible(tiny).items():
+        assert m.get_submodule(name).group_size == explore.fit_group(lin.in_features, 128)
+    assert {m.get_submodule(n).group_size for n in eligible(tiny)} == {64, 128}
+
+
+def test_simulated_bytes_match_packed_formula(tiny):
+    m, size, bpw = explore.simulated_rtn(tiny, 2, 32)
+    n = sum(lin.weight.numel() for lin in eligible(tiny).values())
+    assert bpw == pytest.approx(2 + 16 / 32)
+    assert size == stored_bytes(tiny) - 4 * n + int(n * bpw) // 8
+    w = next(iter(eligible(m).values())).weight
+    assert w.unique().numel() <= 4 * w.shape[0] * w.shape[1] // 32  # 4 levels per group
+
+
+def test_pareto_front_and_figure():
+    P = explore.ParetoPoint
+    pts = [P("a", 100, 32, 5.0, 10.0), P("b", 30, 8, 5.1, 20.0), P("c", 35, 8.5, 5.3, 5.0),
+           P("d", 20, 3, 9.0, None, "simulated")]
+    assert [p.name for p in explore.pareto_front(pts)] == ["d", "b", "a"]
+    fig = explore.pareto_figure(pts, highlight="d")
+    names = [t.name for t in fig.data]
+    assert "Pareto frontier" in names and "your setting" in names
+    assert fig.layout.xaxis.type == "log" and "(" in fig.layout.xaxis.title.text
+    assert "(" in explore.pareto_figure(pts, x="weight_mb").layout.xaxis.title.text
+
+
+def test_explain_figures_build(tiny):
+    grids = explain.number_grids()
+    assert len(grids["int4 (absmax)"]) == 15 and len(grids["NF4 (QLoRA)"]) == 16
+    assert grids["FP8 E4M3 (scaled)"].abs().max() == 1
+    assert len(explain.number_grid_figure(grids, torch.randn(8, 64)).data) == 5
+    rows = explain.granularity_errors(tiny, bits=(4,), groups=(32,))
+    errs = {r["granularity"]: r["rel_error"] for r in rows}
+    assert errs["g32"] < errs["channel"] < errs["tensor"]
+    explain.granularity_figure(rows)
+    e = explain.outlier_matmul_errors()
+    assert e["outlier, LLM.int8() decomposition"] < e["outlier, int8 per-token absmax"]
+    block = torch.arange(34, dtype=torch.uint8)
+    fig = explain.block_bytes_figure(block, explain.Q8_0_FIELDS, "q8_0")
+    assert fig.data[0].text[0][0] == "00" and fig.data[0].text[2][1] == "21"
+
+
+def test_calibrated_errors_gptq_lowers_output_error():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(256, 64, generator=g) * torch.linspace(0.1, 3, 64)  # uneven channels
+    w = torch.randn(32, 64, generator=g)
+    res, curve = explain.calibrated_errors(w, x, x, bits=3, group_size=32, awq_grid=3)
+    assert res["GPTQ"]["output"] < res["RTN"]["output"]
+    assert len(curve) == 3 and curve[0][0] == 0.0
+
+
+def test_gptq_steps_match_the_package():
+    from infer_lab.quant.gptq import gptq_quantize_weight, hessian
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(128, 16, generator=g) * torch.linspace(0.2, 2, 16)
+    w = torch.randn(6, 16, generator=g)
+    codes, s, snaps = explain.gptq_steps(w, x, bits=3)
+    ref = gptq_quantize_weight(w, hessian(x), 3, None)
+    assert torch.equal(codes.to(torch.int8), ref[0])
+    assert len(snaps) == 17 and torch.allclose(snaps[-1], s[:, None] * codes)
+    assert len(explain.gptq_steps_figure(snaps).data) == 16
+
+
+def test_kv_helpers(tiny, tok):
+    runs = explain.kv_cache_runs(tiny, tok.encode("def f():"), 4, group=4)
+    b = [r["bytes"] for r in runs.values()]
+    assert b[1] < b[0] and all(len(r["tokens"]) == 4 for r in runs.values())
+    per = explain.kv_bytes_per_token(tiny, [64, 512])
+    assert per["int8 per token"][0] < per["no quantization"][0]
+    kivi = next(v for k, v in per.items() if "KIVI" in k)
+    assert kivi[1] < kivi[0]  # the residual group amortizes
+
+
+def test_time_linear_and_bytes_moved():
+    t = explain.time_linear(64, 128, batches=(1,), repeats=1)
+    assert {"fp32", "Int8Linear (dequantize, fp32 matmul)"} <= set(t[1])
+    assert all(ms > 0 for ms in t[1].values())
+    moved = explain.bytes_moved(64, 128)
+    assert set(t[1]) <= set(moved)
+    assert moved["Int8Linear (dequantize, fp32 matmul)"] > moved["fp32"]
+
+
+def test_exercise_references_match_the_package():
+    w = torch.randn(4, 64)
+    assert torch.allclose(ex.absmax_quantize(w, 4), quantize(w, 4, "tensor").dequantize())
+    assert torch.allclose(ex.group_quantize(w, 4, 16),
+                          quantize(w, 4, "group", 16).dequantize())
+    q = torch.randint(0, 16, (3, 10), dtype=torch.uint8)
+    assert torch.equal(ex.pack_int4(q), pack_int4(q))
