@@ -80,9 +80,11 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
                 mask: torch.Tensor | None, cache: KVCache | None) -> torch.Tensor:
-        B, T, C = x.shape
-        kv_dim = self.n_kv_head * self.head_dim
-        q, k, v = self.wqkv(x).split([C, kv_dim, kv_dim], dim=-1)
+        B, T, _ = x.shape
+        # Widths from this layer's own head counts, not d_model: a head-pruned layer
+        # (infer_lab.prune.structured) keeps fewer heads of the same size.
+        q_dim, kv_dim = self.n_head * self.head_dim, self.n_kv_head * self.head_dim
+        q, k, v = self.wqkv(x).split([q_dim, kv_dim, kv_dim], dim=-1)
         q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, D)
         k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
         v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
@@ -94,7 +96,7 @@ class Attention(nn.Module):
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
                                            is_causal=mask is None and T > 1,
                                            enable_gqa=self.n_kv_head != self.n_head)
-        y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
+        y = y.transpose(1, 2).reshape(B, T, q_dim)  # (B, T, H * D)
         return self.wo(y)
 
 

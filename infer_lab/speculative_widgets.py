@@ -7,11 +7,11 @@ With per-token acceptance alpha and a draft step costing c target steps:
 
     speedup(alpha, k, c) = (1 - alpha^(k+1)) / ((1 - alpha)(k c + 1))
 
-Here: the rule keeps the target's distribution, and wrong rules do not
-(:func:`compare_samplers`, :class:`DistributionExplorer`); alpha, c and the speedup
+Here: verification costs about one forward (:func:`time_forward`); alpha, c and the speedup
 against k for several drafts, prompt lookup (Saxena 2023) among them (:func:`sweep`,
 :class:`SpeedupExplorer`); where speculation pays at all (:func:`breakeven_figure`).
-The technique itself lives in :mod:`infer_lab.speculative`; this module only measures it.
+The distribution check is :mod:`infer_lab.speculative_check`. The technique itself lives
+in :mod:`infer_lab.speculative`; these modules only measure it.
 """
 
 from __future__ import annotations
@@ -27,12 +27,12 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
-from .generate import Sampling, generate, logits_to_probs
+from .generate import Sampling, generate
 from .hardware import synchronize
 from .kv_cache import KVCache
 from .model import Transformer
 from .speculative import (PromptLookupDrafter, SpecStats, quantized_draft, speculative_decode,
-                          theoretical_speedup, verify)
+                          theoretical_speedup)
 from .viz import COLORS
 from .widgets import _Calculator, _swap
 
@@ -46,174 +46,6 @@ SIZES = {
     "gpu": {"n_new": 96, "n_prompts": 4, "chars": 600, "ks": (1, 2, 3, 4, 6, 8),
             "samples": 20000, "repeats": 2},
 }
-
-
-# -- acceptance rules: the right one (infer_lab.speculative.verify) and wrong ones ----------
-def _residual(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    r = (p - q).clamp(min=0)  # (V,)
-    return r / r.sum() if r.sum() > 0 else p
-
-
-def _wrong_rule(accept: Callable[[float, float, torch.Generator | None], bool],
-                resample: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Callable:
-    """A verify() look-alike (same signature) built from a deliberately wrong piece."""
-    def rule(p, q, draft, greedy, gen):
-        for i, d in enumerate(draft):
-            q_i = q[i] if q is not None else torch.nn.functional.one_hot(
-                torch.tensor(d), p.shape[-1]).to(p)  # (V,)
-            if not accept(float(p[i, d]), float(q_i[d]), gen):
-                return i, int(torch.multinomial(resample(p[i], q_i), 1, generator=gen))
-        return len(draft), int(torch.multinomial(p[len(draft)], 1, generator=gen))
-    return rule
-
-
-def _ratio_test(p_d: float, q_d: float, gen: torch.Generator | None) -> bool:
-    return torch.rand((), generator=gen).item() < min(1.0, p_d / q_d)
-
-
-RULES: dict[str, Callable] = {
-    "min(1, p/q), then the residual (correct)": verify,
-    "keep only if p >= q": _wrong_rule(lambda p_d, q_d, g: p_d >= q_d, _residual),
-    "on rejection, draw from p": _wrong_rule(_ratio_test, lambda p, q: p),
-    "always keep the draft": _wrong_rule(lambda *_: True, _residual),
-}
-CORRECT = next(iter(RULES))
-
-
-# -- the distribution check -----------------------------------------------------------------
-@torch.inference_mode()
-def next_token_probs(model: Transformer, prompt: list[int], temperature: float) -> torch.Tensor:
-    """(V,) the model's distribution of the token after ``prompt`` at ``temperature``."""
-    logits = model(torch.tensor([prompt], device=model.device))[0, -1]  # (V,)
-    return logits_to_probs(logits.float(), Sampling(temperature=temperature)).cpu()
-
-
-def sample_first_tokens(p: torch.Tensor, q: torch.Tensor, n: int, rule: Callable = verify,
-                        seed: int = 0) -> torch.Tensor:
-    """Counts (V,) of the first token speculative sampling emits, over ``n`` draws.
-
-    Each draw: the draft proposes d ~ q (k = 1) and ``rule`` (verify's signature) keeps it
-    or replaces it. The target's row after d (the bonus position) never matters for the
-    first token, so p is repeated there instead of running the target on every d.
-    """
-    gen = torch.Generator().manual_seed(seed)
-    drafts = torch.multinomial(q, n, replacement=True, generator=gen)  # (n,)
-    p2, q1 = torch.stack([p, p]), q[None]  # (2, V), (1, V)
-    counts = torch.zeros(p.shape[-1], dtype=torch.long)
-    for d in drafts.tolist():
-        kept, nxt = rule(p2, q1, [d], False, gen)
-        counts[d if kept else nxt] += 1
-    return counts
-
-
-def chi_square(counts: torch.Tensor, probs: torch.Tensor, min_expected: float = 5.0
-               ) -> tuple[float, int, float]:
-    """(statistic, degrees of freedom, p-value) of counts (V,) against probabilities (V,).
-
-    Tokens expected fewer than ``min_expected`` times are pooled into one bin, as the
-    chi-square approximation needs. p-value = Q(df/2, stat/2), the regularised upper
-    incomplete gamma function.
-    """
-    counts, expected = counts.double(), probs.double() * counts.sum()
-    big = expected >= min_expected
-    obs = torch.cat([counts[big], counts[~big].sum()[None]])
-    exp = torch.cat([expected[big], expected[~big].sum()[None]])
-    if bool(((exp == 0) & (obs > 0)).any()):
-        return math.inf, int(big.sum()), 0.0  # a token the target never emits
-    keep = exp > 0
-    stat = float(((obs - exp) ** 2 / exp)[keep].sum())
-    df = int(keep.sum()) - 1
-    pval = float(torch.special.gammaincc(torch.tensor(df / 2), torch.tensor(stat / 2)))
-    return stat, df, pval
-
-
-@dataclass
-class SampleComparison:
-    """Plain target sampling vs speculative sampling of one next token."""
-
-    p: torch.Tensor  # (V,) the target's exact distribution
-    q: torch.Tensor  # (V,) the draft's
-    target_counts: torch.Tensor  # (V,) tokens drawn from p directly
-    spec_counts: torch.Tensor  # (V,) tokens emitted by draft + acceptance rule
-    rule: str
-    temperature: float
-
-    @property
-    def pvalues(self) -> tuple[float, float]:
-        """Chi-square p-values of (target samples, speculative samples) against p."""
-        return chi_square(self.target_counts, self.p)[2], chi_square(self.spec_counts, self.p)[2]
-
-
-def compare_samplers(target: Transformer, draft: Transformer, prompt: list[int], n: int,
-                     temperature: float = 1.0, rule: str = CORRECT, seed: int = 0
-                     ) -> SampleComparison:
-    """Draw the token after ``prompt`` n times from the target, and n times speculatively."""
-    p = next_token_probs(target, prompt, temperature)  # (V,)
-    q = next_token_probs(draft, prompt, temperature)  # (V,)
-    gen = torch.Generator().manual_seed(seed + 1)
-    plain = torch.multinomial(p, n, replacement=True, generator=gen)  # (n,)
-    return SampleComparison(p, q, torch.bincount(plain, minlength=p.shape[-1]),
-                            sample_first_tokens(p, q, n, RULES[rule], seed), rule, temperature)
-
-
-def distribution_figure(cmp: SampleComparison, label: Callable[[int], str] = str,
-                        top: int = 12) -> go.Figure:
-    """Side-by-side histograms over the target's ``top`` tokens (+ the rest), exact p dots."""
-    ids = cmp.p.argsort(descending=True)[:top].tolist()
-    names = [f"{label(t)!r} ({t})" for t in ids] + ["all others"]  # ids: labels may repeat
-    n = int(cmp.target_counts.sum())
-
-    def shares(v: torch.Tensor) -> list[float]:
-        v = v.double() / v.sum()
-        return [float(v[t]) for t in ids] + [float(1 - v[ids].sum())]
-
-    pt, ps = cmp.pvalues
-    fig = go.Figure([
-        go.Bar(x=names, y=shares(cmp.target_counts), name=f"target sampling (p-value {pt:.3g})",
-               marker_color=COLORS[0]),
-        go.Bar(x=names, y=shares(cmp.spec_counts), marker_color=COLORS[1],
-               name=f"speculative: {cmp.rule} (p-value {ps:.3g})"),
-        go.Scatter(x=names, y=shares(cmp.p), mode="markers", name="exact target p",
-                   marker={"color": "black", "symbol": "diamond", "size": 9})])
-    fig.update_layout(title=f"First token, {n} draws each, temperature {cmp.temperature:g}",
-                      xaxis_title="token", yaxis_title="share of draws (fraction)",
-                      barmode="group", template="plotly_white", height=430,
-                      legend={"orientation": "h", "y": -0.3})
-    return fig
-
-
-class DistributionExplorer(_Calculator):
-    """Pick an acceptance rule and a temperature: target vs speculative histograms."""
-
-    def __init__(self, target: Transformer, draft: Transformer, tok, prompt: list[int],
-                 n: int, temperature: float = 1.0):
-        self.target, self.draft, self.tok, self.prompt = target, draft, tok, prompt
-        self.rule = W.Dropdown(options=list(RULES), value=CORRECT, description="rule",
-                               layout=W.Layout(width="420px"))
-        self.temperature = W.FloatSlider(value=temperature, min=0.25, max=2.0, step=0.25,
-                                         description="temperature", continuous_update=False)
-        self.n = W.IntSlider(value=n, min=200, max=max(4 * n, 2000), step=100,
-                             description="draws", continuous_update=False)
-        self.button = W.Button(description="draw again", icon="refresh")
-        self.controls = W.HBox([self.rule, self.temperature, self.n, self.button])
-        self.readout, self.figure, self.seed = W.HTML(), go.FigureWidget(), 0
-        self.button.on_click(lambda _b: self.redraw())
-        self._wire(self.rule, self.temperature, self.n)
-        self.update()
-
-    def redraw(self) -> None:
-        self.seed += 1
-        self.update()
-
-    def update(self) -> None:
-        self.result = compare_samplers(self.target, self.draft, self.prompt, self.n.value,
-                                       self.temperature.value, self.rule.value, self.seed)
-        _swap(self.figure, distribution_figure(self.result, lambda t: self.tok.decode([t])))
-        pt, ps = self.result.pvalues
-        verdict = "consistent with" if ps > 0.001 else "<b>not</b>"
-        self.readout.value = (f"chi-square p-value, target samples: {pt:.3g}; speculative "
-                              f"samples: <b>{ps:.3g}</b> ({verdict} the target's distribution "
-                              "at the 0.001 level)")
 
 
 # -- verification is one forward ------------------------------------------------------------

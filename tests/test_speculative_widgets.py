@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from infer_lab import speculative_check as sc
 from infer_lab import speculative_widgets as sw
 from infer_lab.config import ModelConfig
 from infer_lab.generate import GREEDY
@@ -38,34 +39,34 @@ def test_sizes_cover_every_scale():
 
 
 def test_correct_rule_keeps_the_distribution():
-    counts = sw.sample_first_tokens(P, Q, 4000, sw.RULES[sw.CORRECT], seed=0)
+    counts = sc.sample_first_tokens(P, Q, 4000, sc.RULES[sc.CORRECT], seed=0)
     assert int(counts.sum()) == 4000 and counts.shape == P.shape
-    assert sw.chi_square(counts, P)[2] > 1e-3
+    assert sc.chi_square(counts, P)[2] > 1e-3
 
 
-@pytest.mark.parametrize("rule", [r for r in sw.RULES if r != sw.CORRECT])
+@pytest.mark.parametrize("rule", [r for r in sc.RULES if r != sc.CORRECT])
 def test_wrong_rules_are_caught_by_the_chi_square(rule):
-    counts = sw.sample_first_tokens(P, Q, 4000, sw.RULES[rule], seed=0)
+    counts = sc.sample_first_tokens(P, Q, 4000, sc.RULES[rule], seed=0)
     assert int(counts.sum()) == 4000
-    assert sw.chi_square(counts, P)[2] < 1e-6
+    assert sc.chi_square(counts, P)[2] < 1e-6
 
 
 def test_chi_square():
     probs = torch.tensor([0.5, 0.3, 0.2, 0.0])
-    stat, df, pval = sw.chi_square(torch.tensor([500, 300, 200, 0]), probs)
+    stat, df, pval = sc.chi_square(torch.tensor([500, 300, 200, 0]), probs)
     assert stat == pytest.approx(0.0) and df == 2 and pval == pytest.approx(1.0)
-    assert sw.chi_square(torch.tensor([500, 300, 199, 1]), probs)[2] == 0.0  # impossible token
-    _, _, pval = sw.chi_square(torch.tensor([700, 200, 100, 0]), probs)
+    assert sc.chi_square(torch.tensor([500, 300, 199, 1]), probs)[2] == 0.0  # impossible token
+    _, _, pval = sc.chi_square(torch.tensor([700, 200, 100, 0]), probs)
     assert pval < 1e-10
 
 
 def test_compare_samplers_and_its_figure(pair):
     target, draft = pair
-    cmp = sw.compare_samplers(target, draft, [1, 2, 3], 300, temperature=1.0)
+    cmp = sc.compare_samplers(target, draft, [1, 2, 3], 300, temperature=1.0)
     assert int(cmp.target_counts.sum()) == int(cmp.spec_counts.sum()) == 300
     assert cmp.p.sum().item() == pytest.approx(1.0, abs=1e-5)
     assert all(0 <= v <= 1 for v in cmp.pvalues)
-    fig = sw.distribution_figure(cmp, lambda t: Tok().decode([t]), top=5)
+    fig = sc.distribution_figure(cmp, lambda t: Tok().decode([t]), top=5)
     assert len(fig.data) == 3 and len(fig.data[0].x) == 6  # 5 tokens + "all others"
     assert sum(fig.data[0].y) == pytest.approx(1.0)
 
@@ -128,6 +129,6 @@ def test_explorers_measure_once_per_setting(pair):
     ex.temperature.value = 1.0
     assert set(ex.results) == {("code-s", 0.0), ("prompt lookup", 0.0), ("prompt lookup", 1.0)}
     assert len(ex.figure.data) == 4  # one draft measured at temperature 1
-    dist = sw.DistributionExplorer(target, draft, Tok(), [1, 2], n=200)
+    dist = sc.DistributionExplorer(target, draft, Tok(), [1, 2], n=200)
     dist.rule.value = "always keep the draft"
     assert dist.result.rule == "always keep the draft" and "p-value" in dist.readout.value

@@ -44,6 +44,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--slo-ttft", type=float, default=5.0, help="goodput objective, s")
     p.add_argument("--slo-tpot", type=float, default=0.25, help="goodput objective, s")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--token-budget", type=int, default=512,
+                   help="continuous batching's tokens per step (static and dynamic batching "
+                        "prefill a whole batch in one step, unbudgeted)")
 
 
 class _TokenTimes:
@@ -115,7 +118,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     # Enough blocks that B requests at their longest always fit: no preemption.
     block = 16
     cfg = EngineConfig(block_size=block, num_blocks=batch * -(-ctx // block),
-                       max_num_seqs=batch, max_num_batched_tokens=512,
+                       max_num_seqs=batch, max_num_batched_tokens=args.token_budget,
                        enable_prefix_caching=False)
     warm = work[:2]
     engines = {"static": lambda: StaticBatcher(model, batch),
@@ -143,7 +146,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     prefix = {}
     for on in (False, True):
         pcfg = EngineConfig(block_size=block, num_blocks=cfg.num_blocks, max_num_seqs=batch,
-                            max_num_batched_tokens=512, enable_prefix_caching=on)
+                            max_num_batched_tokens=args.token_budget,
+                            enable_prefix_caching=on)
         eng = Engine(model, pcfg)
         rep = run_engine(eng, pwork, mode="closed", concurrency=1)
         prefix[on] = (rep.summary(), eng.block_manager.prefix_hit_rate)

@@ -21,10 +21,8 @@ from __future__ import annotations
 import copy
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..model import apply_rope
 from .importance import Score, head_scores, layer_scores, mlp_scores
 
 
@@ -91,38 +89,6 @@ def prune_mlp(model: nn.Module, fraction: float, score: Score = "activation",
 
 
 # -- attention heads ----------------------------------------------------------------------------
-class PrunedAttention(nn.Module):
-    """Attention with fewer heads than d_model / head_dim: q is n_head * head_dim wide.
-
-    The model's :class:`~infer_lab.model.Attention` assumes n_head * head_dim = d_model;
-    after head pruning it is smaller, so the pruned model swaps this module in (the same
-    computation with the query width as a parameter). Head size, RoPE and the KV cache
-    layout are unchanged.
-    """
-
-    def __init__(self, wqkv: nn.Linear, wo: nn.Linear, n_head: int, n_kv_head: int,
-                 head_dim: int, layer: int):
-        super().__init__()
-        self.wqkv, self.wo = wqkv, wo
-        self.n_head, self.n_kv_head, self.head_dim, self.layer = n_head, n_kv_head, head_dim, layer
-
-    def forward(self, x, rope, mask, cache):
-        B, T, _ = x.shape
-        q_dim, kv_dim = self.n_head * self.head_dim, self.n_kv_head * self.head_dim
-        q, k, v = self.wqkv(x).split([q_dim, kv_dim, kv_dim], dim=-1)
-        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H', T, D)
-        k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, Hkv', T, D)
-        v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
-        if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        if cache is not None:
-            k, v = cache.update(self.layer, k, v)  # (B, Hkv', S, D)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
-                                           is_causal=mask is None and T > 1,
-                                           enable_gqa=self.n_kv_head != self.n_head)
-        return self.wo(y.transpose(1, 2).reshape(B, T, q_dim))  # (B, T, d)
-
-
 def _rows(heads: torch.Tensor, D: int) -> torch.Tensor:
     """Row (or column) indices of the given heads in a (n * D, ...) matrix."""
     return (heads[:, None] * D + torch.arange(D)).flatten()
@@ -138,9 +104,10 @@ def shrink_heads(model: nn.Module, keep_q: torch.Tensor, keep_kv: torch.Tensor) 
         D, Hkv = a.head_dim, a.n_kv_head
         rows = torch.cat([_rows(q_idx, D), a.n_head * D + _rows(kv_idx, D),
                           a.n_head * D + Hkv * D + _rows(kv_idx, D)])
-        block.attn = PrunedAttention(_sub_linear(a.wqkv, rows=rows),
-                                     _sub_linear(a.wo, cols=_rows(q_idx, D)),
-                                     len(q_idx), len(kv_idx), D, a.layer)
+        # The model's Attention sizes q from its own n_head * head_dim: swap the two
+        # linears for their kept rows / columns and set the head counts.
+        a.wqkv, a.wo = _sub_linear(a.wqkv, rows=rows), _sub_linear(a.wo, cols=_rows(q_idx, D))
+        a.n_head, a.n_kv_head = len(q_idx), len(kv_idx)
     # ModelConfig derives head_dim = d_model // n_head, so it cannot say "fewer heads of
     # the same size": keep n_head (head_dim stays right) and set the KV-cache fields.
     new.config = _config_with(model.config, n_kv_head=int(keep_kv.shape[1]))
@@ -158,7 +125,7 @@ def prune_heads(model: nn.Module, fraction: float, score: Score = "activation",
     with multi-head attention (where every head is its own group).
     """
     _check_fraction(fraction)
-    if any(isinstance(b.attn, PrunedAttention) for b in model.layers):
+    if getattr(model, "heads_kept", None) is not None:
         raise ValueError("heads are already pruned; prune the original model")
     cfg = model.config
     rep = cfg.n_head // cfg.n_kv_head
