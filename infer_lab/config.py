@@ -36,14 +36,16 @@ class ModelConfig:
     tie_embeddings: bool = True
     qkv_bias: bool = False  # Qwen2 puts a bias on q, k and v only
     bias: bool = False  # biases on every other linear layer (GPT-2)
-    head_dim: int = field(init=False)
+    # None: d_model // n_head. Set when the heads' total width differs from d_model, as
+    # after head pruning (fewer heads of the same size).
+    head_dim: int | None = None
 
     def __post_init__(self) -> None:
         if self.n_kv_head is None:
             self.n_kv_head = self.n_head
         if self.block not in ("llama", "gpt2"):
             raise ValueError(f"block must be 'llama' or 'gpt2', got {self.block!r}")
-        if self.d_model % self.n_head:
+        if self.head_dim is None and self.d_model % self.n_head:
             raise ValueError(f"d_model={self.d_model} is not divisible by n_head={self.n_head}")
         if self.n_head % self.n_kv_head:
             raise ValueError(f"n_head={self.n_head} is not a multiple of n_kv_head={self.n_kv_head}")
@@ -52,16 +54,17 @@ class ModelConfig:
                 self.d_ff = 4 * self.d_model
             else:  # SwiGLU keeps the parameter count of a 4d MLP with 2/3 of the width
                 self.d_ff = 64 * ((8 * self.d_model // 3 + 63) // 64)
-        self.head_dim = self.d_model // self.n_head
+        if self.head_dim is None:
+            self.head_dim = self.d_model // self.n_head
 
     # -- derived sizes, used by calculators in the labs ---------------------------
     @property
     def n_params(self) -> int:
         """Parameter count (embeddings counted once when tied)."""
         d, f, L = self.d_model, self.d_ff, self.n_layer
-        kv = self.n_kv_head * self.head_dim
-        attn = d * (d + 2 * kv) + d * d
-        attn += (d + 2 * kv) * (self.qkv_bias or self.bias) + d * self.bias
+        q, kv = self.n_head * self.head_dim, self.n_kv_head * self.head_dim
+        attn = d * (q + 2 * kv) + q * d
+        attn += (q + 2 * kv) * (self.qkv_bias or self.bias) + d * self.bias
         mlp = (3 if self.block == "llama" else 2) * d * f + (f + d) * self.bias
         norms = (2 if self.block == "llama" else 4) * d
         per_layer = attn + mlp + norms
@@ -76,12 +79,13 @@ class ModelConfig:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d.pop("head_dim")
+        if self.head_dim == self.d_model // self.n_head:
+            d.pop("head_dim")  # derived: keep the saved cards as they were
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
-        return cls(**{k: v for k, v in d.items() if k != "head_dim"})
+        return cls(**d)
 
 
 # Shapes from each model's published config.json; weights are random when used here.
@@ -122,4 +126,7 @@ def get_config(name: str, **overrides: Any) -> ModelConfig:
     """A copy of a named preset, with fields overridden (e.g. ``max_seq_len=256``)."""
     if name not in PRESETS:
         raise ValueError(f"unknown model config {name!r}; presets are: {', '.join(PRESETS)}")
-    return replace(PRESETS[name], **overrides)
+    preset = PRESETS[name]
+    if preset.head_dim == preset.d_model // preset.n_head:
+        overrides.setdefault("head_dim", None)  # derived: re-derive from the new shape
+    return replace(preset, **overrides)

@@ -73,10 +73,9 @@ class Attention(nn.Module):
         super().__init__()
         self.layer = layer
         self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.n_kv_head, cfg.head_dim
-        kv_dim = cfg.n_kv_head * cfg.head_dim
-        self.wqkv = nn.Linear(cfg.d_model, cfg.d_model + 2 * kv_dim,
-                              bias=cfg.qkv_bias or cfg.bias)
-        self.wo = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
+        q_dim, kv_dim = cfg.n_head * cfg.head_dim, cfg.n_kv_head * cfg.head_dim
+        self.wqkv = nn.Linear(cfg.d_model, q_dim + 2 * kv_dim, bias=cfg.qkv_bias or cfg.bias)
+        self.wo = nn.Linear(q_dim, cfg.d_model, bias=cfg.bias)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
                 mask: torch.Tensor | None, cache: KVCache | None) -> torch.Tensor:

@@ -138,6 +138,12 @@ def test_prune_heads_equals_the_masked_original(unit):
     per_q = 32 * 8 * 2  # a query head: 8 rows of Wq and 8 columns of Wo
     expected = 3 * (2 * per_q if unit == "query" else 2 * per_q + 2 * 32 * 8)
     assert n_params(model) - n_params(small) == expected
+    # The config describes the pruned model: a model built from it has the same shapes.
+    assert small.config.n_head == 2 and small.config.head_dim == model.config.head_dim
+    assert small.config.n_params == n_params(small)
+    rebuilt = Transformer(ModelConfig.from_dict(small.config.to_dict()))
+    rebuilt.load_state_dict(small.state_dict())
+    torch.testing.assert_close(logits(rebuilt, x), logits(small, x))
 
 
 def test_prune_heads_mha_removes_whole_heads_and_gradient_scores_run():

@@ -108,9 +108,9 @@ def shrink_heads(model: nn.Module, keep_q: torch.Tensor, keep_kv: torch.Tensor) 
         # linears for their kept rows / columns and set the head counts.
         a.wqkv, a.wo = _sub_linear(a.wqkv, rows=rows), _sub_linear(a.wo, cols=_rows(q_idx, D))
         a.n_head, a.n_kv_head = len(q_idx), len(kv_idx)
-    # ModelConfig derives head_dim = d_model // n_head, so it cannot say "fewer heads of
-    # the same size": keep n_head (head_dim stays right) and set the KV-cache fields.
-    new.config = _config_with(model.config, n_kv_head=int(keep_kv.shape[1]))
+    # Fewer heads of the same size: the config keeps head_dim explicitly.
+    new.config = _config_with(model.config, n_head=int(keep_q.shape[1]),
+                              n_kv_head=int(keep_kv.shape[1]), head_dim=D)
     new.heads_kept = {"n_head": int(keep_q.shape[1]), "of": H}
     return new
 
