@@ -70,6 +70,19 @@ class SpecStats:
     def acceptance_by_position(self) -> list[float]:
         return [a / p if p else 0.0 for a, p in zip(self.accepted_at, self.proposed_at)]
 
+    def add(self, other: SpecStats) -> SpecStats:
+        """Add another call's counts and times into this one (e.g. over prompts)."""
+        for f in ("target_calls", "proposed", "accepted", "rejected", "draft_seconds",
+                  "target_seconds"):
+            setattr(self, f, getattr(self, f) + getattr(other, f))
+        for i, (a, n) in enumerate(zip(other.accepted_at, other.proposed_at)):
+            if i == len(self.proposed_at):
+                self.accepted_at.append(0)
+                self.proposed_at.append(0)
+            self.accepted_at[i] += a
+            self.proposed_at[i] += n
+        return self
+
     def record(self, n_proposed: int, n_accepted: int) -> None:
         self.target_calls += 1
         self.proposed += n_proposed

@@ -121,18 +121,6 @@ class SweepPoint:
         return self.k + 1.0 if a >= 1 else (1 - a ** (self.k + 1)) / (1 - a)
 
 
-def _merge(total: SpecStats, st: SpecStats) -> None:
-    """Add one run's counts (and draft time) into ``total``."""
-    for f in ("target_calls", "proposed", "accepted", "rejected", "draft_seconds"):
-        setattr(total, f, getattr(total, f) + getattr(st, f))
-    for i, (a, n) in enumerate(zip(st.accepted_at, st.proposed_at)):
-        if i == len(total.proposed_at):
-            total.accepted_at.append(0)
-            total.proposed_at.append(0)
-        total.accepted_at[i] += a
-        total.proposed_at[i] += n
-
-
 def measure_point(target: Transformer, drafter, prompts: list[list[int]], n_new: int, k: int,
                   sampling: Sampling, repeats: int) -> SweepPoint:
     """Speculative decoding at one k against plain decoding: alpha, c, tokens per call, speedup.
@@ -154,7 +142,7 @@ def measure_point(target: Transformer, drafter, prompts: list[list[int]], n_new:
             if t2 - t1 < best_spec:
                 best_spec, best_stats = t2 - t1, st
         plain, spent = plain + best_plain, spent + best_spec
-        _merge(total, best_stats)
+        total.add(best_stats)
     per_draft_token = total.draft_seconds / total.proposed if total.proposed else 0.0
     c = per_draft_token / (plain / (n_new * len(prompts)))
     return SweepPoint(k, total.alpha, total.acceptance_rate, total.tokens_per_target_call, c,

@@ -201,6 +201,17 @@ def test_alpha_is_the_per_token_acceptance_whatever_k():
             assert s.acceptance_rate < 0.55  # accepted / proposed falls with k; alpha not
 
 
+def test_stats_add_sums_counts_and_positions():
+    a, b = SpecStats(), SpecStats()
+    a.record(2, 1)
+    b.record(4, 4)
+    b.record(4, 0)
+    total = SpecStats().add(a).add(b)
+    assert (total.target_calls, total.proposed, total.accepted, total.rejected) == (3, 10, 5, 2)
+    assert total.proposed_at == [3, 3, 2, 2] and total.accepted_at == [2, 1, 1, 1]
+    assert total.alpha == pytest.approx(5 / 7)
+
+
 def test_quantized_self_draft_keeps_greedy_output_and_agrees_often():
     target, tok = infer_lab.load("code-m", device="cpu")
     ids = tok.encode("def read_config(path):\n")

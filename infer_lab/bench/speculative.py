@@ -68,17 +68,11 @@ def _timed(fn, prompts: list[list[int]]) -> tuple[float, list]:
     return time.perf_counter() - t0, out
 
 
-def _alpha(stats: list) -> float:
-    acc = sum(st.accepted for st in stats)
-    judged = acc + sum(st.rejected for st in stats)
-    return acc / judged if judged else 0.0
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import infer_lab
     from ..generate import generate
     from ..hf_export import to_hf
-    from ..speculative import (HybridDrafter, PromptLookupDrafter, quantized_draft,
+    from ..speculative import (HybridDrafter, PromptLookupDrafter, SpecStats, quantized_draft,
                                speculative_decode, theoretical_speedup)
 
     n_new = 8 if args.quick else args.new_tokens
@@ -109,7 +103,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             spent, res = _timed(lambda p: speculative_decode(target, make(), p, n_new, k=k), on)
             if [r[0] for r in res] != expect:
                 raise AssertionError(f"{label} k={k} differs from plain greedy decoding")
-            a = _alpha([r[1] for r in res])
+            total = SpecStats()
+            for r in res:
+                total.add(r[1])
+            a = total.alpha  # over all prompts, not a mean of per-prompt alphas
             speedup = base_s / spent
             theory = theoretical_speedup(a, k, cost) if cost is not None else None
             into[k] = {"tokens_per_s": n_tok / spent, "alpha": a, "speedup": speedup,

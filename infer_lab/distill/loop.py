@@ -29,30 +29,29 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..zoo.train import _atomic_save, evaluate, get_batch, lr_at
+from ..zoo.train import TrainConfig, atomic_save, evaluate, get_batch, lr_at
 from .losses import HiddenProjection, hidden_state_loss, kd_loss, match_layers, reverse_kl_loss
 
 LOSSES = ("ce", "kd", "reverse_kl", "hidden", "sequence")
 
 
 @dataclass
-class DistillConfig:
+class DistillConfig(TrainConfig):
+    """The zoo's training recipe (AdamW, warmup + cosine, clipping: :class:`TrainConfig`)
+    at the labs' smaller sizes, plus what distillation adds."""
+
     steps: int = 300
-    batch_size: int = 16
     seq_len: int = 128
     lr: float = 3e-3
     min_lr: float = 3e-4
     warmup: int = 30
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0
     eval_every: int = 50
     eval_tokens: int = 16384
-    seed: int = 1337
+    bf16: bool = False  # autocast matmuls to bf16 (fast only on CPUs with native bf16)
     loss: str = "kd"
     temperature: float = 1.0
     kd_weight: float = 1.0  # share of the teacher's loss; the rest is CE on the data
     hidden_weight: float = 1.0  # weight of the hidden-state MSE (loss "hidden")
-    bf16: bool = False  # autocast matmuls to bf16 (fast only on CPUs with native bf16)
     checkpoint_every: int | None = None  # steps; None: at every eval
 
     def __post_init__(self) -> None:
@@ -173,7 +172,7 @@ def distill(student: nn.Module, teacher: nn.Module | None, cfg: DistillConfig,
         ck = {"model": student.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(),
               "state": state, "config": asdict(cfg),
               "proj": proj.state_dict() if proj is not None else None}
-        _atomic_save(lambda p: torch.save(ck, p), ckpt)
+        atomic_save(lambda p: torch.save(ck, p), ckpt)
 
     if teacher is not None:
         teacher.eval()

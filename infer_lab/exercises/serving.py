@@ -69,52 +69,30 @@ def schedule_step(running: list[tuple[int, int]], waiting: list[tuple[int, int]]
 
 
 # -- wrong answers a learner might write ----------------------------------------------------
-def _tables_floor(num_blocks, block_size, ops):
-    free, tables = list(range(num_blocks)), {}
-    for op, s, n in ops:
-        if op == "grow":
-            t = tables.setdefault(s, [])
-            for _ in range(max(n // block_size - len(t), 0)):
-                t.append(free.pop(0))
-        else:
-            free.extend(reversed(tables.pop(s)))
-    return tables, free
+def _wrong_tables(need, release):
+    """block_tables with the number of blocks to take, need(num_tokens, block_size,
+    held), and the blocks a finished sequence gives back, release(table), swapped."""
+    def replay(num_blocks, block_size, ops):
+        free, tables = list(range(num_blocks)), {}
+        for op, seq_id, n in ops:
+            if op == "grow":
+                table = tables.setdefault(seq_id, [])
+                for _ in range(max(need(n, block_size, len(table)), 0)):
+                    table.append(free.pop(0))
+            else:
+                free.extend(release(tables.pop(seq_id)))
+        return tables, free
+    return replay
 
 
-def _tables_no_return(num_blocks, block_size, ops):
-    free, tables = list(range(num_blocks)), {}
-    for op, s, n in ops:
-        if op == "grow":
-            t = tables.setdefault(s, [])
-            for _ in range(max(-(-n // block_size) - len(t), 0)):
-                t.append(free.pop(0))
-        else:
-            tables.pop(s)
-    return tables, free
+def _extra_blocks(n, block_size, held):  # the right count: ceil, minus what is held
+    return -(-n // block_size) - held
 
 
-def _tables_realloc(num_blocks, block_size, ops):
-    free, tables = list(range(num_blocks)), {}
-    for op, s, n in ops:
-        if op == "grow":
-            t = tables.setdefault(s, [])
-            for _ in range(-(-n // block_size)):  # every block again, not just the extra
-                t.append(free.pop(0))
-        else:
-            free.extend(reversed(tables.pop(s)))
-    return tables, free
-
-
-def _tables_free_in_order(num_blocks, block_size, ops):
-    free, tables = list(range(num_blocks)), {}
-    for op, s, n in ops:
-        if op == "grow":
-            t = tables.setdefault(s, [])
-            for _ in range(max(-(-n // block_size) - len(t), 0)):
-                t.append(free.pop(0))
-        else:
-            free.extend(tables.pop(s))
-    return tables, free
+_tables_floor = _wrong_tables(lambda n, bs, held: n // bs - held, reversed)
+_tables_no_return = _wrong_tables(_extra_blocks, lambda table: [])
+_tables_realloc = _wrong_tables(lambda n, bs, held: -(-n // bs), reversed)  # all again
+_tables_free_in_order = _wrong_tables(_extra_blocks, lambda table: table)
 
 
 def _sched_no_budget(running, waiting, token_budget, max_num_seqs):

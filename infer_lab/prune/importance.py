@@ -78,6 +78,29 @@ def _run(model: nn.Module, calib_ids, grad: bool) -> None:
                 F.cross_entropy(logits.float().flatten(0, 1), x[:, 1:].flatten()).backward()
 
 
+def _mean_input(model: nn.Module, calib_ids, modules: list[nn.Module],
+                per_token) -> list[torch.Tensor]:
+    """Mean over the calibration tokens of per_token(input) for each module's input,
+    recorded with forward pre-hooks (the model code is untouched)."""
+    sums: list[torch.Tensor | float] = [0.0] * len(modules)
+    counts = [0] * len(modules)
+
+    def hook(i):
+        def pre(mod, args):
+            v = per_token(args[0].detach().float()).flatten(0, -2)  # (tokens, units)
+            sums[i] = sums[i] + v.sum(0).cpu()
+            counts[i] += v.shape[0]
+        return pre
+
+    hooks = [m.register_forward_pre_hook(hook(i)) for i, m in enumerate(modules)]
+    try:
+        _run(model, calib_ids, grad=False)
+    finally:
+        for h in hooks:
+            h.remove()
+    return [s / c for s, c in zip(sums, counts)]
+
+
 def _with_grads(model: nn.Module, calib_ids, fn):
     """fn() evaluated while every parameter holds dL/dw summed over the calibration set."""
     was_training, saved = model.training, [p.grad for p in model.parameters()]
@@ -118,25 +141,11 @@ def mlp_scores(model: nn.Module, score: Score = "activation", calib_ids=None) ->
                 out.append(_taylor(*pairs))
             return torch.stack(out)
         return _with_grads(model, calib_ids, taylor)
-    sums = [torch.zeros(m.w2.in_features) for m in mlps]
-    counts = [0] * len(mlps)
-
-    def hook(i):
-        def pre(mod, args):  # args[0]: the neuron activations entering W2, (B, T, d_ff)
-            a = args[0].detach().float().abs().flatten(0, -2)
-            sums[i] += a.sum(0).cpu()
-            counts[i] += a.shape[0]
-        return pre
-
-    hooks = [m.w2.register_forward_pre_hook(hook(i)) for i, m in enumerate(mlps)]
-    try:
-        _run(model, calib_ids, grad=False)
-    finally:
-        for h in hooks:
-            h.remove()
+    # |activation| of each neuron entering W2, (B, T, d_ff), averaged over tokens
+    means = _mean_input(model, calib_ids, [m.w2 for m in mlps], torch.abs)
     with torch.no_grad():
-        return torch.stack([s / c * m.w2.weight.float().norm(dim=0).cpu()
-                            for s, c, m in zip(sums, counts, mlps)])
+        return torch.stack([mean * m.w2.weight.float().norm(dim=0).cpu()
+                            for mean, m in zip(means, mlps)])
 
 
 def _mlp_weight_norms(m: nn.Module) -> torch.Tensor:
@@ -196,26 +205,13 @@ def _head_weight_norms(attn: nn.Module) -> torch.Tensor:
 
 def _head_activations(model: nn.Module, attns: list[nn.Module], calib_ids) -> list[torch.Tensor]:
     """Per head: mean over tokens of ||o_h|| (its attention output) times ||Wo_h||_F."""
-    sums = [torch.zeros(a.n_head) for a in attns]
-    counts = [0] * len(attns)
-
-    def hook(i, a):
-        def pre(mod, args):  # args[0]: heads' outputs concatenated, (B, T, H*D)
-            o = args[0].detach().float()
-            o = o.view(*o.shape[:-1], a.n_head, a.head_dim).norm(dim=-1).flatten(0, -2)
-            sums[i] += o.sum(0).cpu()  # (H,)
-            counts[i] += o.shape[0]
-        return pre
-
-    hooks = [a.wo.register_forward_pre_hook(hook(i, a)) for i, a in enumerate(attns)]
-    try:
-        _run(model, calib_ids, grad=False)
-    finally:
-        for h in hooks:
-            h.remove()
+    D = attns[0].head_dim  # every layer's heads have the same size
+    # Wo's input is the heads' outputs side by side, (B, T, H*D): one norm per head.
+    means = _mean_input(model, calib_ids, [a.wo for a in attns],
+                        lambda o: o.unflatten(-1, (-1, D)).norm(dim=-1))
     with torch.no_grad():
-        return [s / c * _head_slices(a)[1].float().flatten(1).norm(dim=1).cpu()
-                for s, c, a in zip(sums, counts, attns)]
+        return [mean * _head_slices(a)[1].float().flatten(1).norm(dim=1).cpu()
+                for mean, a in zip(means, attns)]
 
 
 def layer_scores(model: nn.Module, score: Score = "activation", calib_ids=None) -> torch.Tensor:

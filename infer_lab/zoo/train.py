@@ -82,7 +82,7 @@ def load_tokens(tok: Tokenizer, split: str, cache_dir: Path) -> np.ndarray:
         ids.extend(enc)
         ids.append(tok.eos_id)
     arr = np.asarray(ids, dtype=np.uint16)
-    _atomic_save(lambda p: np.save(p, arr), cache, suffix=".npy")
+    atomic_save(lambda p: np.save(p, arr), cache, suffix=".npy")
     return arr
 
 
@@ -121,7 +121,7 @@ def evaluate(model: Transformer, tokens: np.ndarray, seq: int, max_tokens: int |
     return total / count
 
 
-def _atomic_save(write, path: Path, suffix: str = ".tmp") -> None:
+def atomic_save(write, path: Path, suffix: str = ".tmp") -> None:
     """Write to a temporary file then rename: a crash never leaves a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".partial" + suffix)
@@ -160,7 +160,7 @@ def train(name: str, tc: TrainConfig, run_dir: Path, out_dir: Path = WEIGHTS_DIR
     def save_ckpt():
         ck = {"model": model.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(),
               "state": state, "train_config": asdict(tc)}
-        _atomic_save(lambda p: torch.save(ck, p), ckpt_path)
+        atomic_save(lambda p: torch.save(ck, p), ckpt_path)
 
     print(f"{name}: {cfg.n_params / 1e6:.2f}M params, {len(train_ids) / 1e6:.2f}M train tokens")
     t_last, t_ck = time.time(), time.time()
@@ -230,11 +230,11 @@ def export(name: str, model: Transformer, tok: Tokenizer, tc: TrainConfig, state
     }
     sd = {k: v.detach().half().contiguous() for k, v in model.state_dict().items()
           if not (model.config.tie_embeddings and k == "lm_head.weight")}
-    _atomic_save(lambda p: save_file(sd, str(p)), out_dir / f"{name}.safetensors")
-    _atomic_save(lambda p: p.write_text(json.dumps(card, indent=2)), out_dir / f"{name}.json")
-    _atomic_save(lambda p: tok.save(p), out_dir / "tokenizer.json")
+    atomic_save(lambda p: save_file(sd, str(p)), out_dir / f"{name}.safetensors")
+    atomic_save(lambda p: p.write_text(json.dumps(card, indent=2)), out_dir / f"{name}.json")
+    atomic_save(lambda p: tok.save(p), out_dir / "tokenizer.json")
     completion = sample_completion(model.eval(), tok)
-    _atomic_save(lambda p: p.write_text(render_card(card, completion)), out_dir / f"{name}.md")
+    atomic_save(lambda p: p.write_text(render_card(card, completion)), out_dir / f"{name}.md")
     print(json.dumps({k: v for k, v in card.items() if k not in ("history", "config")},
                      indent=2))
     return card
