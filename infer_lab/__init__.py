@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from . import telemetry
 from .config import PRESETS, ModelConfig, get_config
 from .generate import GREEDY, Sampling, complete, generate, stream
 from .kv_cache import KVCache
@@ -18,6 +19,10 @@ from .tokenizer import Tokenizer
 __all__ = ["load", "ModelConfig", "PRESETS", "get_config", "Transformer", "KVCache",
            "Tokenizer", "Sampling", "GREEDY", "generate", "stream", "complete"]
 __version__ = "0.1.0"
+
+# Inside a Jupyter kernel only: offer the JupyterLab inference monitor a comm. Nothing is
+# sent until a monitor panel subscribes; plain Python skips this (see telemetry.py).
+telemetry.connect()
 
 
 def load(name: str, device: torch.device | str | None = None,

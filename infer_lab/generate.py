@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
+from . import telemetry
 from .kv_cache import KVCache
 from .model import Transformer
 
@@ -142,11 +143,20 @@ def decode_steps(model: Transformer, prompts: list[list[int]], max_new_tokens: i
         longest = max(len(p) for p in prompts)
         cache = KVCache.for_model(model, len(prompts), longest + max_new_tokens)
     gen = make_generator(sampling, model.device)
-    tok = sample(prefill(model, prompts, cache), sampling, gen)
-    yield tok
-    for _ in range(max_new_tokens - 1):
-        tok = sample(decode_one_token(model, tok, cache), sampling, gen)
+    trace = telemetry.trace("generate", len(prompts))  # None unless a monitor listens
+    try:
+        tok = sample(prefill(model, prompts, cache), sampling, gen)
+        if trace:
+            trace.token()
         yield tok
+        for _ in range(max_new_tokens - 1):
+            tok = sample(decode_one_token(model, tok, cache), sampling, gen)
+            if trace:
+                trace.token()
+            yield tok
+    finally:  # also when the caller stops early (EOS, a stop string)
+        if trace:
+            trace.done()
 
 
 def decode_steps_no_cache(model: Transformer, prompts: list[list[int]], max_new_tokens: int,

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from . import telemetry
 from .generate import GREEDY, Sampling, check_prompts, logits_to_probs, make_generator
 from .kv_cache import KVCache
 from .model import Transformer
@@ -264,6 +265,7 @@ def speculative_decode(target: Transformer, draft: Transformer | ModelDrafter |
     gen = make_generator(sampling, target.device)
     cache = KVCache.for_model(target, 1, max_len)
     stats, out = SpecStats(), []
+    trace = telemetry.trace("speculative", k=k)  # None unless a monitor listens
     draft.start(prompt, max_len, gen)
     pending = list(prompt)  # tokens not yet in the target's cache
     while len(out) < max_new_tokens and not (out and out[-1] == eos_id):
@@ -285,9 +287,15 @@ def speculative_decode(target: Transformer, draft: Transformer | ModelDrafter |
         accepted = proposal[:n]
         draft.commit(accepted, nxt)
         pending = [nxt]
+        before = len(out)
         for tok in accepted + [nxt]:
             if len(out) < max_new_tokens and not (out and out[-1] == eos_id):
                 out.append(tok)
+        if trace:
+            trace.token(len(out) - before)
+    if trace:
+        telemetry.speculative(stats)
+        trace.done(alpha=stats.alpha)
     return out, stats
 
 

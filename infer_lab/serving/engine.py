@@ -24,6 +24,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from .. import telemetry
 from ..generate import GREEDY, Sampling, make_generator
 from ..model import Transformer
 from .block_manager import BlockManager
@@ -200,6 +201,8 @@ class Engine:
                 self.block_manager.num_used_blocks,
                 self.block_manager.num_used_blocks * self.cache.bytes_per_block()))
         self.num_steps += 1
+        if telemetry.publisher.active:  # the JupyterLab monitor is listening
+            telemetry.engine_step(self, out, finished, start, now)
         return outputs
 
     def run(self) -> None:
