@@ -32,6 +32,7 @@ COMMANDS: dict[str, str] = {
     "speculative": "infer_lab.bench.speculative",
     "compress": "infer_lab.bench.compress",
     "serving": "infer_lab.bench.serving",
+    "labs-memory": "infer_lab.bench.labs_memory",
 }
 
 
