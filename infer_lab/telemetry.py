@@ -192,9 +192,8 @@ def engine_step(engine: Any, out: Any, finished: list, start: float, end: float)
 
     for seq in list(engine.scheduler.waiting) + list(out.preempted):
         move(seq, "queued")
-    for c in out.chunks:
-        if not c.seq.is_finished:
-            move(c.seq, "decode" if c.is_decode or c.seq.output else "prefill")
+    for c in out.chunks:  # the phase each request was in during this step
+        move(c.seq, "decode" if c.is_decode else "prefill")
     for seq in finished:
         move(seq, "done")
         phases.pop(seq.seq_id, None)

@@ -1,0 +1,90 @@
+"""What the inference monitor costs: decode with telemetry off vs on and connected.
+
+``python -m infer_lab.bench.telemetry`` decodes the same tokens (greedy, batch 1) with
+the publisher off, as in plain Python, and on, attached to a fake comm that serialises
+every message to JSON as a real comm would. Runs alternate so that drift on a busy
+machine hits both sides alike; the figure is the ratio of median times (aim: < 1.02).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from typing import Any
+
+from .. import telemetry
+from ..generate import generate
+
+
+class JsonChannel:
+    """A stand-in for a comm: keeps each message, after the JSON encoding a comm does."""
+
+    def __init__(self) -> None:
+        self.messages: list[dict[str, Any]] = []
+        self.bytes = 0
+
+    def send(self, data: dict[str, Any]) -> None:
+        self.bytes += len(json.dumps(data))
+        self.messages.append(data)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="code-m", help="zoo model (code-m)")
+    parser.add_argument("--new-tokens", type=int, default=256, help="tokens per call (256)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed calls per side (5)")
+
+
+def measure(model: Any, prompt: list[int], new_tokens: int, repeats: int) -> dict[str, Any]:
+    """Median seconds per call with telemetry off and on (restores the publisher after)."""
+    pub, saved = telemetry.publisher, (telemetry.publisher.channel,
+                                       set(telemetry.publisher.subscribers))
+    channel = JsonChannel()
+    times: dict[str, list[float]] = {"off": [], "on": []}
+    try:
+        generate(model, [prompt], new_tokens)  # warm up
+        for _ in range(repeats):
+            for side in ("off", "on"):
+                pub.attach(channel if side == "on" else None)
+                if side == "on":
+                    pub.subscribe("bench")
+                t0 = time.perf_counter()
+                generate(model, [prompt], new_tokens)
+                times[side].append(time.perf_counter() - t0)
+    finally:
+        pub.attach(saved[0])
+        for client in saved[1]:
+            pub.subscribe(client)
+    off, on = statistics.median(times["off"]), statistics.median(times["on"])
+    return {"off_s": off, "on_s": on, "ratio": on / off,
+            "messages_per_call": len(channel.messages) / repeats,
+            "bytes_per_call": channel.bytes / repeats}
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    from ..zoo import load_zoo
+
+    model, tok = load_zoo(args.model, torch.device("cpu"), torch.float32)
+    prompt = tok.encode("def read_config(path):\n")
+    r = measure(model, prompt, args.new_tokens, args.repeats)
+    print(f"{args.model}, greedy, batch 1, {args.new_tokens} new tokens, median of "
+          f"{args.repeats}, {torch.get_num_threads()} threads")
+    print(f"telemetry off:             {r['off_s'] * 1e3:8.1f} ms/call")
+    print(f"telemetry on (fake comm):  {r['on_s'] * 1e3:8.1f} ms/call, "
+          f"{r['messages_per_call']:.1f} messages, {r['bytes_per_call'] / 1e3:.1f} kB per call")
+    print(f"telemetry_overhead: {r['ratio']:.4f}  (on / off, aim < 1.02)")
+    return {"ratios": {"telemetry_overhead": r["ratio"]}, **r}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(prog="python -m infer_lab.bench.telemetry",
+                                     description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()
