@@ -18,6 +18,8 @@ const baseConfig = jestJupyterLab(__dirname);
 module.exports = {
   ...baseConfig,
   automock: false,
+  reporters: ['default'],
+  modulePathIgnorePatterns: ['<rootDir>/infer_lab_ext/labextension', '<rootDir>/ui-tests'],
   testRegex: 'src/__tests__/.*\\.spec\\.ts$',
   transformIgnorePatterns: [`/node_modules/(?!${esModules}).+`]
 };
