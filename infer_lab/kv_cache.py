@@ -97,6 +97,12 @@ class KVCache:
         return (self.window is None and not self.padded and (T == 1 or self.length == 0)
                 and not (T > 1 and bool((pos < 0).any())))
 
+    def attends(self, T: int) -> bool:
+        """False: the model runs attention over what :meth:`update` returns. A cache whose
+        K/V are not one tensor per row (the paged pool) says True and computes it in
+        ``attend(layer, q, k, v)``."""
+        return False
+
     def key_positions(self) -> torch.Tensor:
         """Positions of the keys attention sees in this forward (B, S_seen)."""
         pos, slots = self._pending

@@ -89,12 +89,16 @@ class Attention(nn.Module):
         v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        if cache is not None:
-            k, v = cache.update(self.layer, k, v)  # (B, Hkv, S, D)
-        # GQA: each KV head serves n_head / n_kv_head query heads, without copying K/V.
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
-                                           is_causal=mask is None and T > 1,
-                                           enable_gqa=self.n_kv_head != self.n_head)
+        if cache is not None and cache.attends(T):
+            # The cache reads K/V where they live (the paged pool's decode, block by block).
+            y = cache.attend(self.layer, q, k, v)  # (B, H, T, D)
+        else:
+            if cache is not None:
+                k, v = cache.update(self.layer, k, v)  # (B, Hkv, S, D)
+            # GQA: each KV head serves n_head / n_kv_head query heads, without copying K/V.
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                               is_causal=mask is None and T > 1,
+                                               enable_gqa=self.n_kv_head != self.n_head)
         y = y.transpose(1, 2).reshape(B, T, q_dim)  # (B, T, H * D)
         return self.wo(y)
 

@@ -147,3 +147,17 @@ def test_schedule_step_exercise_matches_the_scheduler():
             ids[seq.seq_id] = sid
         got = [(ids[c.seq.seq_id], c.num_tokens) for c in sched.schedule().chunks]
         assert got == ex.schedule_step(running, waiting, budget, max_seqs)
+
+
+def test_compare_reads_counts_slots_and_agrees():
+    from infer_lab.serving.attention_reads import compare_reads, reads_figure
+
+    r = compare_reads([5, 40, 17], n_head=4, n_kv_head=2, head_dim=8, block_size=16,
+                      repeats=2)
+    # gather and contiguous pad every row to the longest (40); blocks read whole blocks
+    assert r.slots == {"gather": 120, "contiguous": 120, "blocks": 16 + 48 + 32}
+    assert r.max_abs_diff < 1e-5
+    assert all(ms > 0 for ms in r.ms.values())
+    fig = reads_figure(r)
+    assert list(fig.data[0].x) == ["gather", "blocks", "contiguous"]
+    assert fig.layout.yaxis.title.text.startswith("ms")

@@ -1,22 +1,27 @@
-"""Paged attention, PyTorch reference: K/V live in a block pool, read through block tables.
+"""Paged attention: K/V live in a pool of blocks and are read through block tables.
 
 PagedAttention (Kwon et al. 2023) keeps every layer's keys and values in one pool of
-fixed-size blocks, (num_blocks * block_size, n_kv_head, head_dim) per layer, and finds
+fixed-size blocks, (num_blocks, n_kv_head, block_size, head_dim) per layer, and finds
 token t of a sequence through that sequence's block table:
 
-    slot(t) = block_table[t // block_size] * block_size + t % block_size
-    o_i     = sum_j softmax_j(q_i . k_slot(j) / sqrt(d)) v_slot(j),  j <= i
+    block(t) = block_table[t // block_size],   offset(t) = t % block_size
+    o_i      = sum_j softmax_j(q_i . k_j / sqrt(d)) v_j,   j <= i
 
-This reference *gathers* each sequence's keys into a padded (B, H_kv, S, D) tensor and
-hands it to the model's ordinary attention; a fused kernel (infer_lab.kernels) reads
-the blocks in place instead and never materialises the gather. The gather is exact, so
-this file is also the ground truth such a kernel is checked against.
+Two ways to read the pool, both exact:
+
+* :func:`paged_attention` *gathers* each sequence's keys into a padded (B, H_kv, S, D)
+  tensor and runs ordinary attention on it: the plain reference, and what a prefill
+  forward (many queries per row) does.
+* :func:`paged_decode_attention` works *block by block*, as the vLLM kernel does: each
+  decode query meets only its own blocks, a whole block at a time, and the softmax is
+  combined across a row's blocks with one max and one sum (flash-decoding's split
+  softmax). Nothing is padded to the longest sequence of the batch, so a step reads
+  each sequence's K/V about once, in 4 KB block copies rather than one gather per slot.
 
 :class:`PagedKVCache` speaks the cache interface :class:`~infer_lab.model.Transformer`
-calls (``begin``, ``plain_causal``, ``key_positions``, ``update``, ``end``), so the
-model runs a batch of sequences of different lengths, each with its own block table,
-without knowing the cache is paged. Masks come from positions as everywhere else:
-padding keys get position -1 and are invisible.
+calls (``begin``, ``plain_causal``, ``key_positions``, ``update``, ``attends``,
+``attend``, ``end``), so the model runs a batch of sequences of different lengths,
+each with its own block table, without knowing the cache is paged.
 """
 
 from __future__ import annotations
@@ -29,32 +34,87 @@ import torch.nn.functional as F
 
 def slot_mapping(block_tables: torch.Tensor, positions: torch.Tensor,
                  block_size: int) -> torch.Tensor:
-    """Pool slot of every position: block_tables (B, n_blocks), positions (B, T) >= 0."""
+    """Pool slot (block * block_size + offset) of every position: block_tables
+    (B, n_blocks), positions (B, T) >= 0."""
     blocks = block_tables.gather(1, positions // block_size)  # (B, T)
     return blocks * block_size + positions % block_size
 
 
-def paged_attention(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor,
-                    block_tables: torch.Tensor, context_lens: torch.Tensor,
-                    block_size: int) -> torch.Tensor:
-    """Decode attention straight from the pool (one query per sequence), the reference a
-    kernel must match.
+def gather_slots(pool: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+    """pool (num_blocks, H_kv, block_size, D), slots (...) -> (..., H_kv, D)."""
+    bs = pool.shape[2]
+    return pool[slots // bs, :, slots % bs]
 
-    q (B, H, D); k_pool, v_pool (num_slots, H_kv, D); block_tables (B, n_blocks);
-    context_lens (B,): sequence b attends to its positions 0 .. context_lens[b] - 1.
+
+def paged_attention(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor,
+                    block_tables: torch.Tensor, context_lens: torch.Tensor) -> torch.Tensor:
+    """Decode attention by gathering each sequence's K/V, the reference to match.
+
+    q (B, H, D); k_pool, v_pool (num_blocks, H_kv, block_size, D); block_tables
+    (B, n_blocks); context_lens (B,): row b attends to positions 0 .. context_lens[b] - 1.
     Returns (B, H, D).
     """
     B, H, D = q.shape
     S = int(context_lens.max())
     pos = torch.arange(S, device=q.device).expand(B, S)  # (B, S)
-    slots = slot_mapping(block_tables, pos, block_size)  # (B, S)
-    k = k_pool[slots].transpose(1, 2)  # (B, H_kv, S, D)
-    v = v_pool[slots].transpose(1, 2)
+    slots = slot_mapping(block_tables, pos, k_pool.shape[2])  # (B, S)
+    k = gather_slots(k_pool, slots).transpose(1, 2)  # (B, H_kv, S, D)
+    v = gather_slots(v_pool, slots).transpose(1, 2)
     rep = H // k.shape[1]  # grouped-query attention: each KV head serves `rep` heads
     k, v = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)  # (B, H, S, D)
     scores = (q[:, :, None] @ k.transpose(-1, -2)).squeeze(2) / math.sqrt(D)  # (B, H, S)
     scores = scores.masked_fill((pos >= context_lens[:, None])[:, None], float("-inf"))
     return (scores.softmax(-1)[:, :, None] @ v).squeeze(2)  # (B, H, D)
+
+
+def decode_blocks(block_tables: list[list[int]], context_lens: list[int], block_size: int,
+                  device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """What :func:`paged_decode_attention` needs, flattened over every row's own blocks.
+
+    blocks (M,): pool block ids; rows (M,): the row each belongs to; bias (M, 1, 1, bs):
+    0 for a slot that holds one of the row's positions, -inf past its end.
+    """
+    blocks, rows, first = [], [], []
+    for b, (table, n) in enumerate(zip(block_tables, context_lens)):
+        used = -(-n // block_size)
+        blocks += table[:used]
+        rows += [b] * used
+        first += range(0, used * block_size, block_size)
+    lens = torch.tensor(context_lens)[torch.tensor(rows)]  # (M,)
+    past_end = torch.tensor(first)[:, None] + torch.arange(block_size) >= lens[:, None]
+    bias = torch.zeros(past_end.shape).masked_fill_(past_end, float("-inf"))  # (M, bs)
+    as_long = dict(dtype=torch.long, device=device)
+    return {"blocks": torch.tensor(blocks, **as_long), "rows": torch.tensor(rows, **as_long),
+            "bias": bias[:, None, None, :].to(device)}
+
+
+def paged_decode_attention(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor,
+                           blocks: torch.Tensor, rows: torch.Tensor, bias: torch.Tensor
+                           ) -> torch.Tensor:
+    """One query per row against that row's blocks only, read a block at a time.
+
+    q (B, H, D); pools (num_blocks, H_kv, bs, D); blocks, rows, bias from
+    :func:`decode_blocks`. Per block, s = q k^T; per row, m = max s, and
+
+        o = sum_blocks exp(s - m) v / sum_blocks sum exp(s - m)
+
+    which is softmax over the row's positions, whatever block each one sits in.
+    Returns (B, H, D).
+    """
+    B, H, D = q.shape
+    H_kv = k_pool.shape[1]
+    kb = k_pool.index_select(0, blocks)  # (M, H_kv, bs, D)
+    vb = v_pool.index_select(0, blocks)
+    qb = q.view(B, H_kv, H // H_kv, D).index_select(0, rows)  # (M, H_kv, rep, D)
+    s = (qb @ kb.transpose(-1, -2)) * (1 / math.sqrt(D)) + bias.to(q.dtype)  # (M, H_kv, rep, bs)
+    idx = rows[:, None, None].expand(-1, H_kv, H // H_kv)  # (M, H_kv, rep)
+    m = torch.full((B, H_kv, H // H_kv), float("-inf"), dtype=s.dtype, device=q.device)
+    m = m.scatter_reduce(0, idx, s.amax(-1), "amax")  # (B, H_kv, rep): the row's max
+    p = torch.exp(s - m.index_select(0, rows)[..., None])  # (M, H_kv, rep, bs)
+    denom = torch.zeros_like(m).index_add_(0, rows, p.sum(-1))  # (B, H_kv, rep)
+    out = torch.zeros(B, H_kv, H // H_kv, D, dtype=s.dtype, device=q.device)
+    out.index_add_(0, rows, p @ vb)  # (B, H_kv, rep, D)
+    return (out / denom[..., None]).view(B, H, D)
 
 
 class PagedKVCache:
@@ -67,7 +127,9 @@ class PagedKVCache:
 
     Row b computes tokens at positions starts[b] .. starts[b] + num_new[b] - 1, left-
     padded to T columns; their K/V are written to the row's blocks, and attention reads
-    positions 0 .. starts[b] + num_new[b] - 1 back through the same table.
+    positions 0 .. starts[b] + num_new[b] - 1 back through the same table. A forward of
+    one token per row (decode) reads the blocks in place (:func:`paged_decode_attention`);
+    a longer one gathers them (masks come from positions, padding keys get -1).
     """
 
     window = None  # the paged cache keeps every position (no sliding window)
@@ -76,13 +138,13 @@ class PagedKVCache:
                  head_dim: int, dtype: torch.dtype = torch.float32,
                  device: torch.device | str = "cpu"):
         self.num_blocks, self.block_size = num_blocks, block_size
-        shape = (n_layer, num_blocks * block_size, n_kv_head, head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)  # (L, slots, H_kv, D)
+        shape = (n_layer, num_blocks, n_kv_head, block_size, head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)  # (L, blocks, H_kv, bs, D)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.device = self.k.device
         self.next_pos = torch.zeros(0, dtype=torch.long, device=self.device)
         self._meta: dict[str, torch.Tensor] | None = None
-        self._plain = False
+        self._decode = self._plain = False
 
     @classmethod
     def for_model(cls, model: torch.nn.Module, num_blocks: int, block_size: int
@@ -99,32 +161,39 @@ class PagedKVCache:
     def bytes_per_block(self) -> int:
         return self.bytes() // self.num_blocks
 
+    def write(self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Store k, v (N, H_kv, D) at pool slots (N,)."""
+        blk, off = slots // self.block_size, slots % self.block_size
+        self.k[layer, blk, :, off] = k
+        self.v[layer, blk, :, off] = v
+
     # -- set up by the runner before each forward ----------------------------------------
     def prepare(self, block_tables: list[list[int]], starts: list[int], num_new: list[int],
                 T: int) -> torch.Tensor:
         """Metadata for one forward; returns the positions (B, T) to pass to the model."""
-        B, bs = len(starts), self.block_size
+        bs, dev = self.block_size, self.device
         ends = [s + n for s, n in zip(starts, num_new)]
-        S = max(ends)
-        width = -(-S // bs)
+        width = -(-max(ends) // bs)
         # Rows pad their tables with block 0: padded keys read real (finite) memory and
         # are masked out by position -1, never by an out-of-range index.
         tables = torch.tensor([t[:width] + [0] * (width - len(t[:width]))
                                for t in block_tables], dtype=torch.long)
         pos = torch.tensor([[-1] * (T - n) + list(range(s, s + n))
                             for s, n in zip(starts, num_new)], dtype=torch.long)
-        kpos = torch.arange(S).expand(B, S).clone()  # (B, S)
-        kpos[kpos >= torch.tensor(ends)[:, None]] = -1
         valid = pos >= 0  # (B, T)
-        write = slot_mapping(tables, pos.clamp(min=0), bs)[valid]  # (N,)
-        read = slot_mapping(tables, kpos.clamp(min=0), bs)  # (B, S)
-        dev = self.device
-        self._meta = {"pos": pos.to(dev), "kpos": kpos.to(dev), "valid": valid.to(dev),
-                      "write": write.to(dev), "read": read.to(dev)}
-        # SDPA's own causal rule is exact when no key is padding and either every row
-        # is one query over its whole context, or a lone prompt starts from nothing.
-        self._plain = ((T == 1 and len(set(ends)) == 1)
-                       or (B == 1 and starts[0] == 0 and num_new[0] == T))
+        self._meta = {"pos": pos.to(dev), "valid": valid.to(dev), "ends": torch.tensor(ends),
+                      "write": slot_mapping(tables, pos.clamp(min=0), bs)[valid].to(dev)}
+        self._decode = T == 1
+        if self._decode:
+            self._meta.update(decode_blocks(block_tables, ends, bs, dev))
+        else:
+            S = max(ends)
+            kpos = torch.arange(S).expand(len(ends), S).clone()  # (B, S)
+            kpos[kpos >= torch.tensor(ends)[:, None]] = -1
+            self._meta["kpos"] = kpos.to(dev)
+            self._meta["read"] = slot_mapping(tables, kpos.clamp(min=0), bs).to(dev)
+            # SDPA's own causal rule is exact for a lone prompt that starts from nothing.
+            self._plain = len(ends) == 1 and starts[0] == 0 and num_new[0] == T
         return self._meta["pos"]
 
     # -- the cache interface Transformer.forward calls -----------------------------------
@@ -134,25 +203,38 @@ class PagedKVCache:
                                "its positions to the model")
 
     def plain_causal(self, pos: torch.Tensor) -> bool:
-        return self._plain
+        return self._decode or self._plain  # a decode builds no mask: attend() needs none
 
     def key_positions(self) -> torch.Tensor:
         """Positions of the keys each row attends over (B, S), -1 for padding."""
         return self._meta["kpos"]
+
+    def attends(self, T: int) -> bool:
+        """True when this forward's attention runs in :meth:`attend` (a decode)."""
+        return self._decode
+
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+               ) -> torch.Tensor:
+        """Decode: write k, v (B, H_kv, 1, D), attend q (B, H, 1, D) over the blocks."""
+        m = self._meta
+        self.write(layer, m["write"], k[:, :, 0], v[:, :, 0])
+        out = paged_decode_attention(q[:, :, 0], self.k[layer], self.v[layer],
+                                     m["blocks"], m["rows"], m["bias"])  # (B, H, D)
+        return out[:, :, None]  # (B, H, 1, D)
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor
                ) -> tuple[torch.Tensor, torch.Tensor]:
         """Write the new k, v (B, H_kv, T, D) into their slots; gather (B, H_kv, S, D)."""
         m = self._meta
         # Only real tokens are written: padding must never overwrite another row's slot.
-        self.k[layer].index_copy_(0, m["write"], k.transpose(1, 2)[m["valid"]])  # (N, H, D)
-        self.v[layer].index_copy_(0, m["write"], v.transpose(1, 2)[m["valid"]])
-        k_all = self.k[layer][m["read"]].transpose(1, 2)  # (B, H_kv, S, D)
-        v_all = self.v[layer][m["read"]].transpose(1, 2)
+        self.write(layer, m["write"], k.transpose(1, 2)[m["valid"]],
+                   v.transpose(1, 2)[m["valid"]])  # (N, H_kv, D)
+        k_all = gather_slots(self.k[layer], m["read"]).transpose(1, 2)  # (B, H_kv, S, D)
+        v_all = gather_slots(self.v[layer], m["read"]).transpose(1, 2)
         return k_all, v_all
 
     def end(self) -> None:
-        self.next_pos = self._meta["kpos"].max(dim=1).values + 1  # (B,)
+        self.next_pos = self._meta["ends"].to(self.device)  # (B,)
         self._meta = None
 
 
