@@ -197,8 +197,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     print(f"why: throughput ratio = step-count ratio x step-cost ratio; static ran {n_s} "
           f"steps at {1000 * t_s / n_s:.1f} ms, continuous {n_c} steps at "
           f"{1000 * t_c / n_c:.1f} ms ({n_s / n_c:.2f} x {t_s / n_s / (t_c / n_c):.2f}); "
-          "continuous cannot finish before its longest request, and each of its steps "
-          "gathers K/V through block tables and runs prefill chunks beside the decodes")
+          "fewer steps: finished rows leave at once (but no run ends before its longest "
+          "request); cheaper steps: continuous decode attention reads each sequence's own "
+          "blocks, static's reads every row padded to its batch's longest, finished rows too")
     return {"figures": {"summaries": summaries, "prefix": {str(k): v[0] for k, v in prefix.items()},
                         "output_lengths": lens, "hf_subset": len(subset),
                         "steps": {k: {"steps": a, "seconds": b} for k, (a, b) in steps.items()}},
