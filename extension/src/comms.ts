@@ -65,6 +65,7 @@ export class TelemetryHub {
   }
 
   private adopt(comm: Kernel.IComm): void {
+    console.debug(`infer-lab: telemetry comm ${comm.commId} (watching: ${this._watching})`);
     this.comms.set(comm.commId, comm);
     comm.onMsg = msg => this.store.ingest(msg.content.data as unknown as ITelemetryMessage);
     comm.onClose = () => {

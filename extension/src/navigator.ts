@@ -135,6 +135,7 @@ export class LabNavigator extends Widget {
 
     if (lab.objectives.length) {
       const details = el('details', 'jp-InferLab-objectives');
+      details.open = lab.id === this.continueId; // the lab to do next shows its goals
       details.appendChild(el('summary', '', 'What you will learn'));
       const ol = el('ol', '');
       for (const o of lab.objectives) {

@@ -35,6 +35,7 @@ export interface IRequestTimeline {
   tokens: number;
   ttft: number | null;
   tpot: number | null;
+  final?: boolean; // the latency event gave the final token count
 }
 
 export interface IKVState {
@@ -151,13 +152,20 @@ export class TelemetryStore {
       case 'tokens':
         this.totalTokens += e.n;
         if (this.requests.has(e.id as string)) {
-          this.request(e.id as string).tokens += e.n;
+          const r = this.request(e.id as string);
+          if (!r.final) {
+            r.tokens += e.n; // a batch may carry the latency before its last tokens
+          }
         }
         break;
       case 'latency': {
         const r = this.request(e.id as string);
         r.ttft = e.ttft ?? null;
         r.tpot = e.tpot ?? null;
+        if (typeof e.tokens === 'number') {
+          r.tokens = e.tokens; // the final count (engine requests send no own tokens events)
+          r.final = true;
+        }
         if (e.ttft !== null && e.ttft !== undefined) {
           push(this.ttft, { t: e.t, v: e.ttft }, this.maxPoints);
         }

@@ -87,6 +87,9 @@ describe('TelemetryStore', () => {
     expect(s.tokensPerSecond[0].t).toBe(90);
     expect([...s.requests.keys()]).toEqual(['r95', 'r96', 'r97', 'r98', 'r99']);
     expect(s.totalTokens).toBe(100);
+    s.ingest(msg(101, [{ type: 'latency', t: 101, id: 'r99', ttft: 0.1, tpot: null, tokens: 7 }]));
+    expect(s.requests.get('r99')!.tokens).toBe(7); // engine requests: the final count
+    expect(s.tpot.length).toBe(0);
     s.clear();
     expect(s.messages).toBe(0);
     expect(s.lastRate).toBeNull();
