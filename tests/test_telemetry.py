@@ -170,8 +170,9 @@ def test_comm_protocol_subscribe_and_close(tiny):
 
 
 def test_overhead_bench_runs(tiny):
-    from infer_lab.bench.telemetry import measure
+    from infer_lab.bench.telemetry import measure, per_token_seconds
 
     r = measure(tiny, [1, 2, 3], 32, repeats=1)
     assert r["on_s"] > 0 and r["off_s"] > 0 and r["messages_per_call"] >= 1
+    assert 0 < per_token_seconds(2000) < 1e-3  # microseconds, against a ms decode step
     assert telemetry.publisher.active is False  # restored

@@ -34,6 +34,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="code-m", help="zoo model (code-m)")
     parser.add_argument("--new-tokens", type=int, default=256, help="tokens per call (256)")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per side (5)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's choice; 1 is steadier "
+                             "on a busy machine)")
+
+
+def per_token_seconds(n: int = 20_000) -> float:
+    """What one token costs the publisher when on (a trace's counter, clock and flushes)."""
+    pub = telemetry.Publisher()
+    pub.attach(JsonChannel())
+    pub.subscribe("bench")
+    trace = telemetry.RequestTrace("generate", pub)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        trace.token()
+    return (time.perf_counter() - t0) / n
 
 
 def measure(model: Any, prompt: list[int], new_tokens: int, repeats: int) -> dict[str, Any]:
@@ -67,6 +82,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     from ..zoo import load_zoo
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     model, tok = load_zoo(args.model, torch.device("cpu"), torch.float32)
     prompt = tok.encode("def read_config(path):\n")
     r = measure(model, prompt, args.new_tokens, args.repeats)
@@ -75,8 +92,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     print(f"telemetry off:             {r['off_s'] * 1e3:8.1f} ms/call")
     print(f"telemetry on (fake comm):  {r['on_s'] * 1e3:8.1f} ms/call, "
           f"{r['messages_per_call']:.1f} messages, {r['bytes_per_call'] / 1e3:.1f} kB per call")
+    per_token = per_token_seconds()
+    step = r["off_s"] / args.new_tokens
+    print(f"per token when on: {per_token * 1e6:.2f} us = {per_token / step:.3%} of a "
+          f"{step * 1e3:.2f} ms decode step")
     print(f"telemetry_overhead: {r['ratio']:.4f}  (on / off, aim < 1.02)")
-    return {"ratios": {"telemetry_overhead": r["ratio"]}, **r}
+    return {"ratios": {"telemetry_overhead": r["ratio"], "per_token_fraction": per_token / step},
+            "per_token_s": per_token, **r}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
