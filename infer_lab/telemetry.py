@@ -187,8 +187,7 @@ def engine_step(engine: Any, out: Any, finished: list, start: float, end: float)
     def move(seq: Any, phase: str) -> None:
         if phases.get(seq.seq_id) != phase:
             phases[seq.seq_id] = phase
-            pub._events.append({"type": "phase", "id": f"{key}-{seq.seq_id}", "source": "engine",
-                                "phase": phase, "t": time.time()})
+            pub.event("phase", id=f"{key}-{seq.seq_id}", source="engine", phase=phase)
 
     for seq in list(engine.scheduler.waiting) + list(out.preempted):
         move(seq, "queued")
@@ -198,11 +197,9 @@ def engine_step(engine: Any, out: Any, finished: list, start: float, end: float)
         move(seq, "done")
         phases.pop(seq.seq_id, None)
         times = seq.token_times
-        pub._events.append({
-            "type": "latency", "id": f"{key}-{seq.seq_id}", "t": time.time(),
-            "ttft": seq.first_token_time - seq.arrival_time if seq.first_token_time else None,
-            "tpot": (times[-1] - times[0]) / (len(times) - 1) if len(times) > 1 else None,
-            "tokens": len(seq.output)})
+        pub.event("latency", id=f"{key}-{seq.seq_id}", tokens=len(seq.output),
+                  ttft=seq.first_token_time - seq.arrival_time if seq.first_token_time else None,
+                  tpot=(times[-1] - times[0]) / (len(times) - 1) if len(times) > 1 else None)
     bm = engine.block_manager
     pub.kv(used=bm.num_used_blocks, free=bm.num_free_blocks, total=engine.config.num_blocks,
            running=len(engine.scheduler.running), waiting=len(engine.scheduler.waiting))

@@ -80,3 +80,11 @@ def test_read_store_tolerates_anything(tmp_path):
     f.write_text('{"version": 1, "labs": {"l": {"exercises": {"e": {"status": "passed"}, '
                  '"junk": 5}}}}')
     assert progress.read_store(f) == {"l": {"e": {"status": "passed"}}}
+
+
+def test_a_server_rooted_at_labs_lists_them_at_the_top(tmp_path):
+    """`make lab` runs `jupyter lab labs/`: the labs are then the root's own notebooks."""
+    notebook(tmp_path / "00_welcome.ipynb", "# Lab 00 · Welcome\n")
+    assert labs.find_labs_dir(tmp_path) == tmp_path
+    assert labs.catalogue(tmp_path, tmp_path)[0]["path"] == "00_welcome.ipynb"
+    assert labs.find_labs_dir(tmp_path / "nowhere") is None
