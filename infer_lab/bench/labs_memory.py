@@ -8,7 +8,7 @@ as ``VmHWM`` in ``/proc/<pid>/status``, read after every cell, so the figure is 
 the cell where it was reached is known. A sampler thread also adds up the RSS of the
 kernel and any processes it starts (every 0.1 s) for the "tree" column; where there is no
 ``/proc`` that sample is the only figure. The Jupyter server and the browser are not
-counted: on Binder they come on top (the server takes roughly 100 MiB).
+counted: on Binder the server comes on top (JupyterLab's took about 90 MiB here).
 """
 
 from __future__ import annotations
