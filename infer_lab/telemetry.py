@@ -17,6 +17,10 @@ Who turns it on, and why it costs nothing when off::
   ``connect()`` does nothing, so ``active`` stays False for the life of the process.
   A frontend without the extension closes the offered comm, which also leaves it off.
   ``INFER_LAB_TELEMETRY=0`` in the environment skips even the offer.
+* A kernel reads frontend messages only between cells (a running cell holds its shell;
+  tried here, ipykernel 7.4 did not handle them on a subshell during a cell either), so
+  opening or closing the monitor takes effect from the next cell. A lab's setup cell
+  imports infer_lab, so its later cells are live.
 * Batching bounds the cost: a decode step adds a counter increment and a clock read;
   one comm message per 0.25 s carries everything since the last one (per-request token
   counts are summed, the KV state keeps only its latest value). ``python -m
