@@ -24,7 +24,7 @@ Who turns it on, and why it costs nothing when off::
 * Batching bounds the cost: a decode step adds a counter increment and a clock read;
   one comm message per 0.25 s carries everything since the last one (per-request token
   counts are summed, the KV state keeps only its latest value). ``python -m
-  infer_lab.bench.telemetry`` measures the overhead (aim: under 2% of decode time).
+  infer_lab.bench telemetry`` measures the overhead (aim: under 2% of decode time).
 
 Events (``{"events": [...], "memory": {...}, "t": wall seconds}``, times are wall clock):
 

@@ -176,3 +176,11 @@ def test_overhead_bench_runs(tiny):
     assert r["on_s"] > 0 and r["off_s"] > 0 and r["messages_per_call"] >= 1
     assert 0 < per_token_seconds(2000) < 1e-3  # microseconds, against a ms decode step
     assert telemetry.publisher.active is False  # restored
+
+
+def test_bench_command_runs_quick(tmp_path):
+    from infer_lab.bench import main
+
+    out = tmp_path / "t.json"
+    result = main(["telemetry", "--quick", "--model", "code-s", "--json", str(out)])
+    assert result["ratios"]["telemetry_overhead"] > 0 and out.exists()

@@ -33,6 +33,7 @@ COMMANDS: dict[str, str] = {
     "compress": "infer_lab.bench.compress",
     "serving": "infer_lab.bench.serving",
     "labs-memory": "infer_lab.bench.labs_memory",
+    "telemetry": "infer_lab.bench.telemetry",
 }
 
 

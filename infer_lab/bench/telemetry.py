@@ -1,6 +1,6 @@
 """What the inference monitor costs: decode with telemetry off vs on and connected.
 
-``python -m infer_lab.bench.telemetry`` decodes the same tokens (greedy, batch 1) with
+``python -m infer_lab.bench telemetry`` decodes the same tokens (greedy, batch 1) with
 the publisher off, as in plain Python, and on, attached to a fake comm that serialises
 every message to JSON as a real comm would. Runs alternate so that drift on a busy
 machine hits both sides alike; the figure is the ratio of median times (aim: < 1.02).
@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from typing import Any
 
@@ -86,6 +87,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         torch.set_num_threads(args.threads)
     model, tok = load_zoo(args.model, torch.device("cpu"), torch.float32)
     prompt = tok.encode("def read_config(path):\n")
+    if getattr(args, "quick", False):  # the plumbing only
+        args.new_tokens, args.repeats = min(args.new_tokens, 16), 1
     r = measure(model, prompt, args.new_tokens, args.repeats)
     print(f"{args.model}, greedy, batch 1, {args.new_tokens} new tokens, median of "
           f"{args.repeats}, {torch.get_num_threads()} threads")
@@ -101,12 +104,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "per_token_s": per_token, **r}
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(prog="python -m infer_lab.bench.telemetry",
-                                     description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
+if __name__ == "__main__":  # also runnable on its own: python -m infer_lab.bench.telemetry
+    from . import main
 
-
-if __name__ == "__main__":
-    main()
+    main(["telemetry", *sys.argv[1:]])
