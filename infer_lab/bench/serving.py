@@ -100,11 +100,17 @@ def _row(name: str, s: dict[str, Any]) -> list:
             ms(s["tpot"], "p95"), s["e2e"]["p95"], s["goodput"]]
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+BLOCK = 16
+POLICIES = ("static", "dynamic", "continuous")
+
+
+def _setup(args: argparse.Namespace):
+    """The model, tokenizer, held-out texts, workload and engine config: the same in
+    every process, since the workload is drawn from ``args.seed``."""
     import infer_lab
 
-    from ..serving import DynamicBatcher, Engine, EngineConfig, StaticBatcher
-    from ..serving.loadgen import make_workload, run_engine
+    from ..serving import EngineConfig
+    from ..serving.loadgen import make_workload
     from ..zoo.data import iter_files
 
     q = args.quick
@@ -116,22 +122,48 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     work = make_workload(tok, n, args.rate, args.seed, out_len, chars, max_seq_len=ctx,
                          source=texts)
     # Enough blocks that B requests at their longest always fit: no preemption.
-    block = 16
-    cfg = EngineConfig(block_size=block, num_blocks=batch * -(-ctx // block),
+    cfg = EngineConfig(block_size=BLOCK, num_blocks=batch * -(-ctx // BLOCK),
                        max_num_seqs=batch, max_num_batched_tokens=args.token_budget,
                        enable_prefix_caching=False)
-    warm = work[:2]
-    engines = {"static": lambda: StaticBatcher(model, batch),
-               "dynamic": lambda: DynamicBatcher(model, batch),
-               "continuous": lambda: Engine(model, cfg)}
+    return model, tok, texts, work, cfg, batch
+
+
+def _run_policy(args: argparse.Namespace, name: str, threads: int):
+    """One batching policy over the workload, in a process of its own (see run())."""
+    from ..serving import DynamicBatcher, Engine, StaticBatcher
+    from ..serving.loadgen import run_engine
+
+    torch.set_num_threads(threads)
+    model, _, _, work, cfg, batch = _setup(args)
+    make = {"static": lambda: StaticBatcher(model, batch),
+            "dynamic": lambda: DynamicBatcher(model, batch),
+            "continuous": lambda: Engine(model, cfg)}[name]
+    run_engine(make(), [type(r)(0.0, r.prompt[:32], 2) for r in work[:2]])  # warm-up
+    eng = make()
+    rep = run_engine(eng, work, mode="open", progress=not args.quick)
+    return rep, (len(eng.records), sum(r.duration for r in eng.records))
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from ..serving import Engine, EngineConfig
+    from ..serving.loadgen import make_workload, run_engine
+
+    q = args.quick
+    model, tok, texts, work, cfg, batch = _setup(args)
+    n, ctx, block = len(work), model.config.max_seq_len, BLOCK
+    # Each policy runs in a fresh process: a process slows down as runs pile up in it
+    # (measured: the same continuous run lost 15-30% after a static one in the same
+    # process), so running them one after another in one process favours the first.
     reports, kv, steps = {}, [], {}
-    for name, make in engines.items():
-        run_engine(make(), [type(r)(0.0, r.prompt[:32], 2) for r in warm])  # warm-up
-        eng = make()
-        rep = run_engine(eng, work, mode="open", progress=not q)
-        reports[name] = rep
-        kv = rep.kv or kv
-        steps[name] = (len(eng.records), sum(r.duration for r in eng.records))
+    spawn = multiprocessing.get_context("spawn")
+    for name in POLICIES:
+        with ProcessPoolExecutor(1, mp_context=spawn) as pool:
+            reports[name], steps[name] = pool.submit(
+                _run_policy, args, name, torch.get_num_threads()).result()
+        kv = reports[name].kv or kv
     rng = random.Random(args.seed)
     subset = rng.sample(work, min(2 if q else args.hf_requests, len(work)))
     reports["transformers sequential"] = _run_hf(model, subset)

@@ -89,7 +89,8 @@ def decode_blocks(block_tables: list[list[int]], context_lens: list[int], block_
 
 
 def paged_decode_attention(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor,
-                           blocks: torch.Tensor, rows: torch.Tensor, bias: torch.Tensor
+                           blocks: torch.Tensor, rows: torch.Tensor, bias: torch.Tensor,
+                           workspace: tuple[torch.Tensor, torch.Tensor] | None = None
                            ) -> torch.Tensor:
     """One query per row against that row's blocks only, read a block at a time.
 
@@ -99,12 +100,19 @@ def paged_decode_attention(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.
         o = sum_blocks exp(s - m) v / sum_blocks sum exp(s - m)
 
     which is softmax over the row's positions, whatever block each one sits in.
-    Returns (B, H, D).
+    workspace: two buffers of at least M blocks to copy the blocks into, reused across
+    calls (a fresh multi-MB tensor per layer costs page faults: about 2x the copy itself
+    on a CPU). Returns (B, H, D).
     """
     B, H, D = q.shape
-    H_kv = k_pool.shape[1]
-    kb = k_pool.index_select(0, blocks)  # (M, H_kv, bs, D)
-    vb = v_pool.index_select(0, blocks)
+    M, (_, H_kv, bs, _) = len(blocks), k_pool.shape
+    if workspace is None:
+        workspace = (k_pool.new_empty(M, H_kv, bs, D), v_pool.new_empty(M, H_kv, bs, D))
+    # Blocks as flat rows: one contiguous copy of H_kv * bs * D values per block.
+    kb = torch.index_select(k_pool.flatten(1), 0, blocks,
+                            out=workspace[0].view(-1, H_kv * bs * D)[:M]).view(M, H_kv, bs, D)
+    vb = torch.index_select(v_pool.flatten(1), 0, blocks,
+                            out=workspace[1].view(-1, H_kv * bs * D)[:M]).view(M, H_kv, bs, D)
     qb = q.view(B, H_kv, H // H_kv, D).index_select(0, rows)  # (M, H_kv, rep, D)
     s = (qb @ kb.transpose(-1, -2)) * (1 / math.sqrt(D)) + bias.to(q.dtype)  # (M, H_kv, rep, bs)
     idx = rows[:, None, None].expand(-1, H_kv, H // H_kv)  # (M, H_kv, rep)
@@ -145,6 +153,9 @@ class PagedKVCache:
         self.next_pos = torch.zeros(0, dtype=torch.long, device=self.device)
         self._meta: dict[str, torch.Tensor] | None = None
         self._decode = self._plain = False
+        # Decode copies a step's blocks here, one layer at a time; reused across layers
+        # and steps (one layer's pool at most), allocated on the first decode.
+        self._workspace: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @classmethod
     def for_model(cls, model: torch.nn.Module, num_blocks: int, block_size: int
@@ -218,8 +229,10 @@ class PagedKVCache:
         """Decode: write k, v (B, H_kv, 1, D), attend q (B, H, 1, D) over the blocks."""
         m = self._meta
         self.write(layer, m["write"], k[:, :, 0], v[:, :, 0])
-        out = paged_decode_attention(q[:, :, 0], self.k[layer], self.v[layer],
-                                     m["blocks"], m["rows"], m["bias"])  # (B, H, D)
+        if self._workspace is None:
+            self._workspace = (torch.empty_like(self.k[0]), torch.empty_like(self.v[0]))
+        out = paged_decode_attention(q[:, :, 0], self.k[layer], self.v[layer], m["blocks"],
+                                     m["rows"], m["bias"], self._workspace)  # (B, H, D)
         return out[:, :, None]  # (B, H, 1, D)
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor
