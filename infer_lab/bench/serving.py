@@ -154,9 +154,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     q = args.quick
     model, tok, texts, work, cfg, batch = _setup(args)
     n, ctx, block = len(work), model.config.max_seq_len, BLOCK
-    # Each policy runs in a fresh process: a process slows down as runs pile up in it
-    # (measured: the same continuous run lost 15-30% after a static one in the same
-    # process), so running them one after another in one process favours the first.
+    # Each policy runs in a fresh process, so none inherits another's heap and threads:
+    # back-to-back runs in one process drifted slower here (a continuous decode step
+    # 26.9 -> 28.8 ms over four runs, a plain forward 10.6 -> 12.8 ms), which favours
+    # whichever policy runs first.
     reports, kv, steps = {}, [], {}
     spawn = multiprocessing.get_context("spawn")
     for name in POLICIES:
