@@ -16,7 +16,7 @@ Two ways to read the pool, both exact:
   decode query meets only its own blocks, a whole block at a time, and the softmax is
   combined across a row's blocks with one max and one sum (flash-decoding's split
   softmax). Nothing is padded to the longest sequence of the batch, so a step reads
-  each sequence's K/V about once, in 4 KB block copies rather than one gather per slot.
+  each sequence's K/V about once, one contiguous copy per block rather than one per slot.
 
 :class:`PagedKVCache` speaks the cache interface :class:`~infer_lab.model.Transformer`
 calls (``begin``, ``plain_causal``, ``key_positions``, ``update``, ``attends``,
@@ -154,7 +154,8 @@ class PagedKVCache:
         self._meta: dict[str, torch.Tensor] | None = None
         self._decode = self._plain = False
         # Decode copies a step's blocks here, one layer at a time; reused across layers
-        # and steps (one layer's pool at most), allocated on the first decode.
+        # and steps (one layer's pool at most), allocated on the first decode. Scratch,
+        # not KV memory: bytes() counts the pool only.
         self._workspace: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @classmethod
