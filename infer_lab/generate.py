@@ -23,38 +23,22 @@ import torch
 from . import telemetry
 from .kv_cache import KVCache
 from .model import Transformer
+from .sampling import GREEDY, MIN_TEMPERATURE, Sampling
+from .validate import integer, prompt_batch
 
-
-@dataclass(frozen=True)
-class Sampling:
-    """How to pick the next token. temperature=0 means greedy (argmax)."""
-
-    temperature: float = 0.0
-    top_k: int | None = None
-    top_p: float | None = None
-    seed: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
-        if self.top_k is not None and self.top_k < 1:
-            raise ValueError(f"top_k must be >= 1 or None (no limit), got {self.top_k}")
-        if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1] or None (no limit), got {self.top_p}")
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0
-
-
-GREEDY = Sampling()
+__all__ = ["GREEDY", "MIN_TEMPERATURE", "Sampling", "check_prompts", "collect", "complete",
+           "check_decoding", "check_logits", "decode_one_token", "decode_steps", "decode_steps_no_cache", "generate",
+           "logits_to_probs", "make_generator", "prefill", "sample", "stream"]
 
 
 def logits_to_probs(logits: torch.Tensor, sampling: Sampling) -> torch.Tensor:
     """Next-token distribution (..., V) after temperature, top-k and top-p filtering."""
     if sampling.greedy:
         return torch.nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).to(logits.dtype)
-    z = logits.float() / sampling.temperature
+    # Subtract the max before dividing: (z - max) / T <= 0 never overflows to +inf, so a
+    # small T (or huge logits) gives a peaked distribution instead of inf - inf = NaN.
+    z = logits.float()
+    z = (z - z.amax(-1, keepdim=True)) / sampling.temperature
     if sampling.top_k is not None and sampling.top_k < z.shape[-1]:
         kth = torch.topk(z, sampling.top_k, dim=-1).values[..., -1:]  # (..., 1)
         z = z.masked_fill(z < kth, float("-inf"))
@@ -72,13 +56,20 @@ def logits_to_probs(logits: torch.Tensor, sampling: Sampling) -> torch.Tensor:
 def sample(logits: torch.Tensor, sampling: Sampling = GREEDY,
            generator: torch.Generator | None = None) -> torch.Tensor:
     """Pick one token per row of ``logits`` (B, V) -> (B,)."""
-    if torch.isnan(logits).any():
-        raise ValueError("the model produced NaN logits; check the weights and the dtype "
-                         "(fp16 overflows easily: try bf16 or fp32)")
+    check_logits(logits)
     if sampling.greedy:
         return logits.argmax(-1)
     probs = logits_to_probs(logits, sampling)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def check_logits(logits: torch.Tensor) -> None:
+    """Refuse logits no distribution can come from: NaN, +inf, or a row all -inf."""
+    if torch.isnan(logits).any() or torch.isposinf(logits).any():
+        raise ValueError("the model produced NaN or +inf logits; check the weights and the "
+                         "dtype (fp16 overflows easily: try bf16 or fp32)")
+    if torch.isneginf(logits).all(-1).any():
+        raise ValueError("every logit of a row is -inf: no token is allowed")
 
 
 def make_generator(sampling: Sampling, device: torch.device) -> torch.Generator | None:
@@ -87,21 +78,32 @@ def make_generator(sampling: Sampling, device: torch.device) -> torch.Generator 
     return torch.Generator(device=device).manual_seed(sampling.seed)
 
 
-def check_prompts(model: Transformer, prompts: list[list[int]], max_new_tokens: int) -> None:
-    """Raise ValueError for inputs that would otherwise be silently wrong."""
-    if not prompts or any(len(p) == 0 for p in prompts):
-        raise ValueError("empty prompt: give at least one token (e.g. start with a newline)")
-    if max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+def check_prompts(model: Transformer, prompts: list[list[int]], max_new_tokens: int
+                  ) -> list[list[int]]:
+    """The prompts as lists of ints; ValueError for inputs that would be silently wrong.
+
+    Shapes, types and ranges follow :mod:`infer_lab.validate` (the rules the HTTP server
+    uses too): a batch of non-empty prompts of int ids in the vocabulary, an int
+    ``max_new_tokens`` >= 0, and room for them all in the model's context.
+    """
+    prompts = prompt_batch(prompts, model.config.vocab_size)
+    max_new_tokens = integer("max_new_tokens", max_new_tokens, lo=0)
     ctx = model.config.max_seq_len
     longest = max(len(p) for p in prompts)
     if longest + max_new_tokens > ctx:
         raise ValueError(f"prompt of {longest} tokens + max_new_tokens={max_new_tokens} "
                          f"exceeds the context of {ctx} tokens; shorten the prompt or ask "
                          "for fewer tokens (nothing is truncated silently)")
-    vocab = model.config.vocab_size
-    if any(t < 0 or t >= vocab for p in prompts for t in p):
-        raise ValueError(f"token ids must be in [0, {vocab})")
+    return prompts
+
+
+def check_decoding(model: Transformer, sampling: Sampling, eos_id: int | None) -> None:
+    """A Sampling object (not a dict or a float) and an EOS id in the vocabulary or None."""
+    if not isinstance(sampling, Sampling):
+        raise ValueError(f"sampling must be an infer_lab.Sampling, got {sampling!r}; e.g. "
+                         "Sampling(temperature=0.8, top_p=0.95)")
+    if eos_id is not None:
+        integer("eos_id", eos_id, lo=0, hi=model.config.vocab_size - 1)
 
 
 def left_pad(prompts: list[list[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -136,7 +138,8 @@ def decode_steps(model: Transformer, prompts: list[list[int]], max_new_tokens: i
                  sampling: Sampling = GREEDY, eos_id: int | None = None,
                  cache: KVCache | None = None) -> Iterator[torch.Tensor]:
     """Yield the next token of every row (B,) at each step, using a KV cache."""
-    check_prompts(model, prompts, max_new_tokens)
+    prompts = check_prompts(model, prompts, max_new_tokens)
+    check_decoding(model, sampling, eos_id)
     if max_new_tokens == 0:
         return
     if cache is None:
@@ -162,7 +165,8 @@ def decode_steps(model: Transformer, prompts: list[list[int]], max_new_tokens: i
 def decode_steps_no_cache(model: Transformer, prompts: list[list[int]], max_new_tokens: int,
                           sampling: Sampling = GREEDY) -> Iterator[torch.Tensor]:
     """Like :func:`decode_steps` but recomputing the whole sequence at every step."""
-    check_prompts(model, prompts, max_new_tokens)
+    prompts = check_prompts(model, prompts, max_new_tokens)
+    check_decoding(model, sampling, None)
     gen = make_generator(sampling, model.device)
     idx, pos = left_pad(prompts, model.device)
     with torch.inference_mode():
@@ -194,10 +198,11 @@ def generate(model: Transformer, prompts: list[list[int]], max_new_tokens: int,
     use_cache=False recomputes everything each step (the baseline of lab 01);
     window=W keeps only the last W positions in a ring-buffer cache.
     """
+    prompts = check_prompts(model, prompts, max_new_tokens)
     if use_cache:
         cache = None
         if window is not None:
-            check_prompts(model, prompts, max_new_tokens)
+            window = integer("window", window, lo=1)
             cache = KVCache.for_model(model, len(prompts), window=window)
         steps = decode_steps(model, prompts, max_new_tokens, sampling, eos_id, cache)
     else:
@@ -228,6 +233,9 @@ def stream(model: Transformer, tokenizer, prompt: str, max_new_tokens: int = 64,
     """
     from .tokenizer import StreamDecoder
 
+    if not isinstance(prompt, str):
+        raise ValueError(f"prompt must be a string, got {type(prompt).__name__}; for token "
+                         "ids use generate(model, [ids], n)")
     if not prompt:
         raise ValueError("empty prompt: give at least one character")
     ids = tokenizer.encode(prompt)

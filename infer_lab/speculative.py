@@ -26,7 +26,9 @@ from dataclasses import dataclass, field
 import torch
 
 from . import telemetry
-from .generate import GREEDY, Sampling, check_prompts, logits_to_probs, make_generator
+from .generate import (GREEDY, Sampling, check_decoding, check_prompts, logits_to_probs,
+                       make_generator)
+from .validate import integer
 from .kv_cache import KVCache
 from .model import Transformer
 
@@ -252,9 +254,9 @@ def speculative_decode(target: Transformer, draft: Transformer | ModelDrafter |
                        k: int = 4, sampling: Sampling = GREEDY, eos_id: int | None = None
                        ) -> tuple[list[int], SpecStats]:
     """Generate up to ``max_new_tokens`` for one prompt; returns (tokens, statistics)."""
-    if k < 1:
-        raise ValueError(f"k (draft tokens per step) must be >= 1, got {k}")
-    check_prompts(target, [prompt], max_new_tokens)
+    k = integer("k (draft tokens per step)", k, lo=1)
+    prompt = check_prompts(target, [prompt], max_new_tokens)[0]
+    check_decoding(target, sampling, eos_id)
     if isinstance(draft, Transformer):
         draft = ModelDrafter(draft, sampling)
     for d in (draft, getattr(draft, "model", None)):

@@ -25,7 +25,8 @@ Rules that keep a lab running whatever happens to the file:
 
 * a missing file is an empty store;
 * a file that is not valid JSON of this shape is moved aside to
-  ``progress.json.corrupt`` with a warning, and the store starts empty;
+  ``progress.json.corrupt`` (then ``.corrupt.1``, ``.corrupt.2``, ...: a backup is
+  never overwritten) with a warning, and the store starts empty;
 * writes go to a temporary file in the same folder, then ``os.replace`` swaps it in,
   so a crash mid-write leaves the old file whole;
 * a write that fails (read-only home, full disk) warns and carries on.
@@ -85,10 +86,8 @@ def load_progress(path: Path | None = None) -> dict[str, Any]:
     except ValueError:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         data = None
     if not _valid(data):
-        backup = path.with_name(path.name + ".corrupt")
         try:
-            os.replace(path, backup)
-            where = f"moved to {backup}"
+            where = f"moved to {move_aside(path)}"
         except OSError as e:
             where = f"could not move it aside ({e})"
         warnings.warn(f"progress file {path} was not valid progress JSON; {where}. "
@@ -96,6 +95,28 @@ def load_progress(path: Path | None = None) -> dict[str, Any]:
         return empty()
     data.setdefault("version", VERSION)
     return data
+
+
+def move_aside(path: Path, suffix: str = ".corrupt") -> Path:
+    """Rename ``path`` to the first free ``path + suffix[.N]``; never overwrites a file.
+
+    A hard link claims the new name atomically (it fails if the name exists), so two
+    kernels setting aside two corrupt files at once cannot both take one name.
+    """
+    for n in range(10_000):
+        backup = path.with_name(path.name + suffix + (f".{n}" if n else ""))
+        try:
+            os.link(path, backup)
+        except FileExistsError:
+            continue
+        except OSError:  # no hard links here (some network file systems): check, rename
+            if backup.exists():
+                continue
+            os.rename(path, backup)
+            return backup
+        os.unlink(path)
+        return backup
+    raise OSError(f"too many backups of {path}; remove old {path.name}{suffix}.* files")
 
 
 def save_progress(data: dict[str, Any], path: Path | None = None) -> bool:

@@ -20,7 +20,7 @@ from torch import nn
 
 from .int4 import Int4Linear
 from .int8 import Int8Linear
-from .primitives import Granularity, check_bits, check_finite
+from .primitives import Granularity, check_bits, check_weight
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,7 @@ def is_quantized(model: nn.Module) -> bool:
 
 def quantize_linear(linear: nn.Linear, scheme: Scheme) -> nn.Module:
     """One nn.Linear -> its Int8Linear / Int4Linear replacement."""
-    check_finite(linear.weight, "linear weight")
+    check_weight(linear.weight, "linear weight")
     cls = LINEAR_BY_BITS[scheme.bits]
     return cls.from_linear(linear, scheme.granularity, scheme.group_size, scheme.symmetric)
 

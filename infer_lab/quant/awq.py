@@ -33,7 +33,7 @@ from torch import nn
 
 from .calibrate import quantize_blockwise
 from .int4 import Int4Linear
-from .primitives import check_bits, check_finite, quantize
+from .primitives import check_bits, check_weight, quantize
 
 
 def _check_group(group_size: int | None, cols: int) -> None:
@@ -64,7 +64,7 @@ def awq_search_scales(W: torch.Tensor, x_stats: torch.Tensor, x_sample: torch.Te
     x_stats: mean |x| per input channel (in,); x_sample: inputs (N, in) to score with.
     """
     check_bits(bits)
-    check_finite(W)
+    check_weight(W)
     _check_group(group_size, W.shape[1])
     if grid < 1:
         raise ValueError(f"grid must be >= 1, got {grid}")

@@ -3,7 +3,8 @@
 llama.cpp (ggml-quants.c, ggml-common.h) stores a weight row as a run of fixed-size
 blocks; each block carries its own scales, so a row is self-describing bytes.
 
-Q8_0: 32 weights per block, one fp16 scale d = max|x| / 127, q = round(x / d):
+Q8_0: 32 weights per block, one fp16 scale d = max|x| / 127, q = round(x / d), where
+round is C's ``roundf`` (halves away from zero, not to even):
 
     block_q8_0 = { fp16 d; int8 qs[32]; }                 34 bytes / 32 = 8.5 bits
 
@@ -34,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from infer_lab.quant.primitives import check_finite, pack_int4, unpack_int4
+from infer_lab.quant.primitives import check_weight, pack_int4, unpack_int4
 
 Q8_0_BLOCK, Q8_0_BYTES = 32, 34
 QK_K, Q4_K_SUB, Q4_K_BYTES = 256, 32, 144
@@ -43,7 +44,7 @@ QK_K, Q4_K_SUB, Q4_K_BYTES = 256, 32, 144
 def _rows_of_blocks(w: torch.Tensor, block: int, name: str) -> torch.Tensor:
     if w.dim() != 2:
         raise ValueError(f"{name} quantizes 2-d weights (out, in), got {tuple(w.shape)}")
-    check_finite(w)
+    check_weight(w)
     if w.shape[1] % block:
         raise ValueError(f"{name} needs the last dimension to be a multiple of {block}, "
                          f"got {w.shape[1]} (llama.cpp does not pad either)")
@@ -64,15 +65,30 @@ def _fp16_from_bytes(b: torch.Tensor) -> torch.Tensor:
 
 
 # -- Q8_0 ---------------------------------------------------------------------------------
+def round_half_away(x: torch.Tensor) -> torch.Tensor:
+    """C's ``roundf``: to nearest, halves away from zero (torch.round sends them to even).
+
+    Written as floor(|x|) + [frac >= 0.5], not floor(|x| + 0.5): the sum rounds in
+    float32, so 0.49999997 + 0.5 becomes 1.0 and would round up.
+    """
+    a = x.abs()
+    f = a.floor()
+    return torch.copysign(f + (a - f >= 0.5).to(x.dtype), x)  # a - f is exact
+
+
 def quantize_q8_0(w: torch.Tensor) -> torch.Tensor:
-    """(rows, cols) float -> (rows, cols / 32, 34) uint8 blocks."""
+    """(rows, cols) float -> (rows, cols / 32, 34) uint8 blocks, llama.cpp's bytes.
+
+    As ``quantize_row_q8_0_ref``: d = amax / 127 in fp32, codes roundf(x * (1 / d)) with
+    that fp32 d, then d stored as fp16. One deliberate difference: a block whose d
+    flushes to zero in fp16 (max|x| < ~4e-6) stores zero codes where llama.cpp keeps
+    the fp32 codes. Both decode to exact zeros; zero codes keep the bytes canonical
+    (quantizing the decoded block gives the same bytes back).
+    """
     g = _rows_of_blocks(w, Q8_0_BLOCK, "Q8_0")  # (rows, nb, 32)
     d = g.abs().amax(dim=-1) / 127  # (rows, nb)
-    # llama.cpp rounds with the fp32 d but stores it as fp16; keep both steps.
-    # A block whose d flushes to zero in fp16 (max|x| < ~4e-6) stores zero codes, so
-    # its bytes say what the decoder will produce.
     inv = torch.where(d.half() > 0, 1 / d, torch.zeros_like(d))
-    q = torch.round(g * inv[..., None]).clamp(-127, 127).to(torch.int8)  # (rows, nb, 32)
+    q = round_half_away(g * inv[..., None]).clamp(-127, 127).to(torch.int8)  # (rows, nb, 32)
     return torch.cat([_fp16_bytes(d), q.view(torch.uint8)], dim=-1)  # (rows, nb, 34)
 
 

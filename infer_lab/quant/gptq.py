@@ -31,7 +31,7 @@ from torch import nn
 
 from .calibrate import quantize_blockwise
 from .int4 import SYMMETRIC_OFFSET, Int4Linear
-from .primitives import check_bits, check_finite, pack_int4, quantize
+from .primitives import check_bits, check_finite, check_weight, pack_int4, quantize
 
 
 # -- the GPTQ algorithm -----------------------------------------------------------------
@@ -66,7 +66,7 @@ def gptq_quantize_weight(W: torch.Tensor, H: torch.Tensor, bits: int = 4,
     W_deq = scales * (codes - zeros) per group, exactly. group_size None: one scale per row.
     """
     check_bits(bits)
-    check_finite(W)
+    check_weight(W)
     check_finite(H, "Hessian")
     rows, cols = W.shape
     gs = cols if group_size is None else group_size

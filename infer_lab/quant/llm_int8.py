@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from .apply import _linears, _set_module, is_quantized
-from .primitives import check_finite
+from .primitives import check_weight
 
 THRESHOLD = 6.0
 
@@ -72,7 +72,7 @@ class LLMInt8Linear(nn.Module):
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, threshold: float = THRESHOLD) -> "LLMInt8Linear":
-        check_finite(linear.weight)
+        check_weight(linear.weight)
         m = cls(linear.in_features, linear.out_features, linear.bias is not None, threshold)
         w = linear.weight.detach().float()
         cw = w.abs().amax(dim=1, keepdim=True).clamp(min=1e-8).half()  # stored fp16 ...

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from infer_lab.quant.primitives import check_finite, pack_int4, unpack_int4
+from infer_lab.quant.primitives import check_weight, pack_int4, unpack_int4
 
 # The 16 NF4 levels exactly as QLoRA/bitsandbytes ship them (create_normal_map(0.9677)).
 NF4_LEVELS = (
@@ -97,7 +97,7 @@ def _blocked(w: torch.Tensor, blocksize: int) -> torch.Tensor:
 def quantize_nf4(w: torch.Tensor, blocksize: int = 64, double_quant: bool = False,
                  dq_blocksize: int = 256) -> NF4Tensor:
     """Blockwise absmax scaling, then nearest NF4 level; see the module docstring."""
-    check_finite(w)
+    check_weight(w)
     g = _blocked(w.detach().float(), blocksize)  # (rows, G, bs)
     absmax = g.abs().amax(dim=-1)  # (rows, G)
     # Multiply by the reciprocal, as bitsandbytes does, so the codes match it bit for bit;

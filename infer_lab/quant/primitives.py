@@ -72,10 +72,24 @@ def check_finite(w: torch.Tensor, what: str = "weight") -> None:
         raise ValueError(f"{what} has {bad} NaN/Inf value(s); cannot quantize it")
 
 
+def check_weight(w: torch.Tensor, what: str = "weight") -> None:
+    """A non-empty, finite floating-point tensor of at least one dimension."""
+    if not isinstance(w, torch.Tensor):
+        raise ValueError(f"{what} must be a torch.Tensor, got {type(w).__name__}")
+    if not w.is_floating_point():
+        raise ValueError(f"{what} must be a floating-point tensor, got {w.dtype}")
+    if w.dim() == 0:
+        raise ValueError(f"cannot quantize a 0-d {what}")
+    if w.numel() == 0:
+        raise ValueError(f"cannot quantize an empty {what} of shape {tuple(w.shape)}")
+    check_finite(w, what)
+
+
 def _grouped(w: torch.Tensor, granularity: str, group_size: int | None) -> torch.Tensor:
     """View w as (rows, n_groups, group) so that statistics reduce over the last dim."""
-    if w.dim() == 0:
-        raise ValueError("cannot quantize a 0-d tensor")
+    if w.dim() == 0 or w.numel() == 0:
+        raise ValueError(f"cannot quantize a tensor of shape {tuple(w.shape)}: it needs "
+                         "at least one element and one dimension")
     cols = w.shape[-1]
     rows = w.numel() // cols
     w2 = w.reshape(rows, cols)  # (rows, cols)
@@ -84,9 +98,10 @@ def _grouped(w: torch.Tensor, granularity: str, group_size: int | None) -> torch
     if granularity == "channel":
         return w2.reshape(rows, 1, cols)  # (rows, 1, cols)
     if granularity == "group":
-        if group_size is None or group_size <= 0:
-            raise ValueError(f"granularity 'group' needs a positive group_size, got "
-                             f"{group_size!r}")
+        if group_size is None or isinstance(group_size, bool) or not isinstance(
+                group_size, int) or group_size <= 0:
+            raise ValueError(f"granularity 'group' needs a positive integer group_size, "
+                             f"got {group_size!r}")
         if cols % group_size:
             raise ValueError(f"group_size {group_size} does not divide the last "
                              f"dimension {cols}; pick a divisor (no padding is done)")
@@ -110,7 +125,7 @@ def quantize(w: torch.Tensor, bits: int = 8, granularity: Granularity = "channel
     scale already rounded to it, so dequantizing with the stored scale is consistent.
     """
     check_bits(bits)
-    check_finite(w)
+    check_weight(w)
     if granularity != "group" and group_size is not None:
         raise ValueError(f"group_size is only used with granularity='group', got "
                          f"granularity={granularity!r}")

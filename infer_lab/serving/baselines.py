@@ -27,7 +27,7 @@ from collections import deque
 
 import torch
 
-from ..generate import GREEDY, Sampling, check_prompts, make_generator, prefill, sample
+from ..generate import GREEDY, Sampling, check_decoding, check_prompts, make_generator, prefill, sample
 from ..kv_cache import KVCache
 from ..model import Transformer
 from .engine import StepRecord, TokenOutput
@@ -47,13 +47,15 @@ class _RequestLevelBatcher:
         self.cache: KVCache | None = None
         self.records: list[StepRecord] = []
         self.num_steps = 0
+        self.num_step_faults = 0  # no fault isolation here: a step that raises stops a server
         self.draining = False  # no more arrivals: a partial batch may start
 
     def add_request(self, prompt: list[int], max_tokens: int, sampling: Sampling = GREEDY,
                     eos_id: int | None = None, arrival_time: float | None = None
                     ) -> Sequence:
         seq = Sequence(prompt, max_tokens, sampling, eos_id, arrival_time)
-        check_prompts(self.model, [seq.prompt], max_tokens)
+        seq.prompt = check_prompts(self.model, [seq.prompt], max_tokens)[0]
+        check_decoding(self.model, sampling, eos_id)
         seq.generator = make_generator(sampling, self.model.device)
         self.waiting.append(seq)
         return seq

@@ -12,6 +12,16 @@ each token to its client, and a benchmark can replay arrivals between steps. Sta
 (Sequence), policy (Scheduler), memory (BlockManager, PagedKVCache) and execution
 (ModelRunner) stay apart, as in nano-vllm.
 
+Faults are isolated per request. A request whose sampling raises (or whose logits are
+NaN) is aborted alone: finish_reason "error", its blocks freed, the error in its
+TokenOutput. A batched forward that raises is retried one request at a time, which
+is safe because nothing of a step is committed before its forward returns (the
+scheduler's update and the prefix index run after it): the retry recomputes the same
+slots. A transient fault costs one slower step; a request that always makes the
+forward raise is found and aborted, and the rest go on. Only a fault in the
+bookkeeping itself (scheduling, update), which leaves the engine's state unknown,
+propagates out of ``step()``.
+
 Memory the pool saves, the figure a lab draws: a contiguous cache reserves
 ``max_seq_len`` slots per request up front, a paged one holds
 ``ceil(len / block_size)`` blocks, so
@@ -21,17 +31,21 @@ Memory the pool saves, the figure a lab draws: a contiguous cache reserves
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 
 from .. import telemetry
-from ..generate import GREEDY, Sampling, make_generator
+from ..generate import GREEDY, Sampling, check_decoding, make_generator
 from ..model import Transformer
 from .block_manager import BlockManager
 from .model_runner import ModelRunner
 from .paged_attention import PagedKVCache
 from .scheduler import Scheduler
 from .sequence import Sequence
+from ..validate import token_ids
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -78,11 +92,13 @@ class StepRecord:
 
 @dataclass
 class TokenOutput:
-    """One new token of one request, as a server streams it."""
+    """One new token of one request, as a server streams it; or, with ``error`` set and
+    ``token`` None, the end of a request that failed while being served."""
 
     seq: Sequence
-    token: int
+    token: int | None
     finished: bool
+    error: str | None = None
 
     @property
     def seq_id(self) -> int:
@@ -148,19 +164,24 @@ class Engine:
         self.requests: dict[int, Sequence] = {}  # unfinished, by seq_id
         self.records: list[StepRecord] = []
         self.num_steps = 0
+        self.num_request_errors = 0  # requests aborted by a fault while being served
+        self.num_step_faults = 0  # batched forwards that raised and were retried alone
 
     # -- requests -----------------------------------------------------------------------
     def add_request(self, prompt: list[int], max_tokens: int, sampling: Sampling = GREEDY,
                     eos_id: int | None = None, arrival_time: float | None = None
                     ) -> Sequence:
-        """Queue a request; raises ValueError for input that can never be served."""
+        """Queue a request; raises ValueError for input that can never be served.
+
+        The rules are :mod:`infer_lab.validate`'s, as for ``generate`` and the server.
+        """
         cfg = self.model.config
+        prompt = token_ids("prompt", prompt, cfg.vocab_size)
+        check_decoding(self.model, sampling, eos_id)
         seq = Sequence(prompt, max_tokens, sampling, eos_id, arrival_time)
         if seq.max_len > cfg.max_seq_len:
             raise ValueError(f"prompt of {len(seq.prompt)} tokens + max_tokens={max_tokens} "
                              f"exceeds the model's context of {cfg.max_seq_len} tokens")
-        if any(not 0 <= t < cfg.vocab_size for t in seq.prompt):
-            raise ValueError(f"token ids must be in [0, {cfg.vocab_size})")
         seq.generator = make_generator(sampling, self.model.device)
         self.scheduler.add(seq)  # checks that the request fits the KV pool
         self.requests[seq.seq_id] = seq
@@ -185,13 +206,16 @@ class Engine:
                 raise RuntimeError("scheduler made no progress with requests pending "
                                    "(a bug: every request fits the pool alone)")
             return []
-        new_tokens = self.runner.execute(out.chunks)
+        new_tokens, errors = self._execute(out.chunks)
+        failed = [self._fail(c.seq, errors[c.seq.seq_id]) for c in out.chunks
+                  if c.seq.seq_id in errors]
         now = time.perf_counter()
         finished = self.scheduler.update(out, new_tokens, now)
         for seq in finished:
             self.requests.pop(seq.seq_id, None)
         outputs = [TokenOutput(c.seq, new_tokens[c.seq.seq_id], c.seq.is_finished)
                    for c in out.chunks if c.seq.seq_id in new_tokens]
+        outputs += [TokenOutput(seq, None, True, seq.error) for seq in failed]
         if self.config.keep_step_records:
             self.records.append(StepRecord(
                 self.num_steps, start, now, [c.seq.seq_id for c in out.chunks],
@@ -202,8 +226,45 @@ class Engine:
                 self.block_manager.num_used_blocks * self.cache.bytes_per_block()))
         self.num_steps += 1
         if telemetry.publisher.active:  # the JupyterLab monitor is listening
-            telemetry.engine_step(self, out, finished, start, now)
+            try:
+                telemetry.engine_step(self, out, finished, start, now)
+            except Exception:  # noqa: BLE001 - an observer must not stop serving
+                log.exception("telemetry failed on step %d; serving goes on", self.num_steps)
         return outputs
+
+    def _execute(self, chunks: list) -> tuple[dict[int, int], dict[int, Exception]]:
+        """Run the step; if the batched forward raises, run each request alone.
+
+        Alone, a request's forward either works (the fault was transient, or another
+        request's) or raises again, and then that request is the one that fails.
+        """
+        try:
+            return self.runner.execute(chunks)
+        except Exception as e:  # noqa: BLE001 - isolated below, request by request
+            self.num_step_faults += 1
+            log.warning("step %d: batched forward of %d requests raised %r; retrying "
+                        "each request alone", self.num_steps, len(chunks), e)
+        tokens: dict[int, int] = {}
+        errors: dict[int, Exception] = {}
+        for c in chunks:
+            try:
+                toks, errs = self.runner.execute([c])
+            except Exception as e:  # noqa: BLE001 - this request fails, not the engine
+                errors[c.seq.seq_id] = e
+            else:
+                tokens.update(toks)
+                errors.update(errs)
+        return tokens, errors
+
+    def _fail(self, seq: Sequence, error: Exception) -> Sequence:
+        """Abort one request for a fault of its own: free its blocks, keep the reason."""
+        seq.error = f"{type(error).__name__}: {error}"
+        log.error("request %d failed and was aborted: %s", seq.seq_id, seq.error,
+                  exc_info=error)
+        self.scheduler.abort(seq, reason="error")
+        self.requests.pop(seq.seq_id, None)
+        self.num_request_errors += 1
+        return seq
 
     def run(self) -> None:
         """Step until every submitted request has finished."""

@@ -10,6 +10,13 @@ commands on a thread-safe queue and receive tokens through the callback ("sink")
 registered with the request. An abort is applied before the next step, so a cancelled
 request's KV blocks are free for it.
 
+Faults: a request that fails while being served (the engine reports it as a
+TokenOutput with ``error`` set) gets an ``("error", message)`` event and is counted in
+``infer_lab_request_errors``; everyone else goes on. Only an exception out of
+``step()`` itself, or out of the loop's own bookkeeping, means the engine's state is
+unknown: then the loop stops, every open request hears why, and ``error`` says it to
+``/health``.
+
 Metrics live in a :class:`~prometheus_client.CollectorRegistry` of their own, one per
 app, so two servers in one process (tests, notebooks) do not share counters.
 """
@@ -17,6 +24,7 @@ app, so two servers in one process (tests, notebooks) do not share counters.
 from __future__ import annotations
 
 import concurrent.futures
+import logging
 import queue
 import threading
 import time
@@ -26,7 +34,9 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from ..generate import Sampling
+from ..sampling import Sampling
+
+log = logging.getLogger(__name__)
 
 LATENCY_BUCKETS = (.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30)
 
@@ -48,6 +58,13 @@ class ServerMetrics:
         self.tokens_per_s = Gauge("infer_lab_tokens_per_second",
                                   "output tokens/s over the last 5 s", registry=r)
         self.rejected = Counter("infer_lab_rejected_requests", "429s (queue full)", registry=r)
+        self.request_errors = Counter("infer_lab_request_errors",
+                                      "requests aborted by a fault while being served",
+                                      registry=r)
+        self.step_faults = Counter("infer_lab_step_faults", "batched forwards that raised "
+                                   "and were retried one request at a time", registry=r)
+        self.bad_requests = Counter("infer_lab_bad_requests", "400s (invalid request)",
+                                    registry=r)
         self._window: deque[tuple[float, int]] = deque()
 
     def observe_state(self, engine: Any) -> None:
@@ -78,6 +95,7 @@ class EngineLoop:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="engine-loop", daemon=True)
         self.error: BaseException | None = None
+        self.num_request_errors = 0
 
     def start(self) -> None:
         self._thread.start()
@@ -123,33 +141,57 @@ class EngineLoop:
         except queue.Empty:
             pass
 
+    def _deliver(self, seq_id: int, event: tuple) -> None:
+        """Hand an event to its request; a sink that fails drops that request only."""
+        sink = self._sinks.get(seq_id)
+        if sink is None:
+            return
+        try:
+            sink(event)
+        except Exception:  # noqa: BLE001 - e.g. the client's event loop has closed
+            log.exception("could not deliver to request %d; aborting it", seq_id)
+            self._sinks.pop(seq_id, None)
+            self.engine.abort(seq_id)
+
     def _run(self) -> None:
-        while not self._stop.is_set():
-            self._drain(block=not self.engine.has_unfinished())
-            self.metrics.observe_state(self.engine)
-            if not self.engine.has_unfinished():
+        try:
+            while not self._stop.is_set():
+                self._iterate()
+        except Exception as e:  # noqa: BLE001 - the engine's state is unknown: stop, say why
+            log.exception("engine loop stopped")
+            self.error = e
+            for seq_id in list(self._sinks):
+                self._deliver(seq_id, ("error", f"engine stopped: {e!r}"))
+            self._sinks.clear()
+
+    def _iterate(self) -> None:
+        self._drain(block=not self.engine.has_unfinished())
+        self.metrics.observe_state(self.engine)
+        if not self.engine.has_unfinished():
+            return
+        before, faults = self.engine.num_steps, self.engine.num_step_faults
+        outputs = self.engine.step()
+        self.metrics.step_faults.inc(self.engine.num_step_faults - faults)
+        if self.engine.num_steps == before:
+            time.sleep(0.001)  # nothing ran: a static batcher waiting for a full batch
+            return
+        num_tokens = 0
+        for out in outputs:
+            if out.error is not None:
+                self.metrics.request_errors.inc()
+                self.num_request_errors += 1
+                self._deliver(out.seq_id, ("error", out.error))
+                self._sinks.pop(out.seq_id, None)
                 continue
-            before = self.engine.num_steps
-            try:
-                outputs = self.engine.step()
-            except Exception as e:  # noqa: BLE001 - a broken engine must fail every client
-                self.error = e
-                for sink in self._sinks.values():
-                    sink(("error", repr(e)))
-                return
-            if self.engine.num_steps == before:
-                time.sleep(0.001)  # nothing ran: a static batcher waiting for a full batch
-                continue
-            for out in outputs:
-                sink = self._sinks.get(out.seq_id)
-                if sink is not None:
-                    sink(("token", out.token, out.finished, out.seq.finish_reason))
-                if out.finished:
-                    self._sinks.pop(out.seq_id, None)
-                    s = out.seq
-                    if s.ttft is not None:
-                        self.metrics.ttft.observe(s.ttft)
-                    if s.tpot is not None:
-                        self.metrics.tpot.observe(s.tpot)
-            self.metrics.observe_tokens(len(outputs), time.perf_counter())
-            self.metrics.observe_state(self.engine)
+            num_tokens += 1
+            self._deliver(out.seq_id, ("token", out.token, out.finished,
+                                       out.seq.finish_reason))
+            if out.finished:
+                self._sinks.pop(out.seq_id, None)
+                s = out.seq
+                if s.ttft is not None:
+                    self.metrics.ttft.observe(s.ttft)
+                if s.tpot is not None:
+                    self.metrics.tpot.observe(s.tpot)
+        self.metrics.observe_tokens(num_tokens, time.perf_counter())
+        self.metrics.observe_state(self.engine)

@@ -10,13 +10,17 @@ Keeping the two apart means decodes are never padded to a prompt's length; batch
 within each means a step costs two forwards, not one per request (nano-vllm's
 ModelRunner does the same split). Left padding puts every row's last token in the last
 column, so ``last_only`` logits are the ones that sample the next token.
+
+Sampling is per request, and so are its faults: a row whose logits are NaN or whose
+sampler raises is reported in the second half of :meth:`ModelRunner.execute`'s answer,
+and the other rows still get their tokens (the engine aborts only that request).
 """
 
 from __future__ import annotations
 
 import torch
 
-from ..generate import sample
+from ..generate import check_logits, sample
 from ..model import Transformer
 from .paged_attention import PagedKVCache
 from .scheduler import ScheduledChunk
@@ -28,17 +32,26 @@ class ModelRunner:
         self.num_forwards = 0
 
     @torch.inference_mode()
-    def execute(self, chunks: list[ScheduledChunk]) -> dict[int, int]:
-        """Run the chunks; return seq_id -> next token for those that reach their end."""
+    def execute(self, chunks: list[ScheduledChunk]
+                ) -> tuple[dict[int, int], dict[int, Exception]]:
+        """Run the chunks. Returns (seq_id -> next token for the chunks that reach their
+        end, seq_id -> the exception that sampling that request raised).
+
+        A forward that raises propagates: the engine decides what to retry.
+        """
         singles = [c for c in chunks if c.num_tokens == 1]
         longer = [c for c in chunks if c.num_tokens > 1]
         out: dict[int, int] = {}
+        errors: dict[int, Exception] = {}
         for group in (longer, singles):
             if group:
-                out.update(self._forward(group))
-        return out
+                toks, errs = self._forward(group)
+                out.update(toks)
+                errors.update(errs)
+        return out, errors
 
-    def _forward(self, chunks: list[ScheduledChunk]) -> dict[int, int]:
+    def _forward(self, chunks: list[ScheduledChunk]
+                 ) -> tuple[dict[int, int], dict[int, Exception]]:
         T = max(c.num_tokens for c in chunks)
         rows = []
         for c in chunks:
@@ -56,17 +69,32 @@ class ModelRunner:
         return self._sample(chunks, logits)
 
     @staticmethod
-    def _sample(chunks: list[ScheduledChunk], logits: torch.Tensor) -> dict[int, int]:
+    def _sample(chunks: list[ScheduledChunk], logits: torch.Tensor
+                ) -> tuple[dict[int, int], dict[int, Exception]]:
         rows = [i for i, c in enumerate(chunks) if c.samples]  # mid-prompt chunks don't
-        if not rows:
-            return {}
-        greedy = [i for i in rows if chunks[i].seq.sampling.greedy]
         out: dict[int, int] = {}
+        errors: dict[int, Exception] = {}
+        if not rows:
+            return out, errors
+        # One finiteness check for the batch; a bad row fails alone, not its neighbours.
+        bad = ((torch.isnan(logits) | torch.isposinf(logits)).any(-1)
+               | torch.isneginf(logits).all(-1))  # (B,)
+        for i in rows:
+            if bad[i]:
+                try:
+                    check_logits(logits[i:i + 1])
+                except ValueError as e:
+                    errors[chunks[i].seq.seq_id] = e
+        rows = [i for i in rows if not bad[i]]
+        greedy = [i for i in rows if chunks[i].seq.sampling.greedy]
         if greedy:  # one argmax for the whole batch
-            toks = sample(logits[greedy]).tolist()
+            toks = logits[greedy].argmax(-1).tolist()
             out.update((chunks[i].seq.seq_id, t) for i, t in zip(greedy, toks))
         for i in rows:
             seq = chunks[i].seq
             if not seq.sampling.greedy:
-                out[seq.seq_id] = int(sample(logits[i:i + 1], seq.sampling, seq.generator))
-        return out
+                try:
+                    out[seq.seq_id] = int(sample(logits[i:i + 1], seq.sampling, seq.generator))
+                except Exception as e:  # noqa: BLE001 - this request's fault, not the batch's
+                    errors[seq.seq_id] = e
+        return out, errors

@@ -102,12 +102,16 @@ def paged_decode_attention(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.
     which is softmax over the row's positions, whatever block each one sits in.
     workspace: two buffers of at least M blocks to copy the blocks into, reused across
     calls (a fresh multi-MB tensor per layer costs page faults: about 2x the copy itself
-    on a CPU). Returns (B, H, D).
+    on a CPU). M counts a block once per row that reads it, so rows sharing a prefix
+    can make M larger than the pool. Returns (B, H, D).
     """
     B, H, D = q.shape
     M, (_, H_kv, bs, _) = len(blocks), k_pool.shape
     if workspace is None:
         workspace = (k_pool.new_empty(M, H_kv, bs, D), v_pool.new_empty(M, H_kv, bs, D))
+    if min(len(w) for w in workspace) < M:  # out= would silently resize (and reallocate)
+        raise ValueError(f"workspace holds {min(len(w) for w in workspace)} blocks but this "
+                         f"step reads {M}")
     # Blocks as flat rows: one contiguous copy of H_kv * bs * D values per block.
     kb = torch.index_select(k_pool.flatten(1), 0, blocks,
                             out=workspace[0].view(-1, H_kv * bs * D)[:M]).view(M, H_kv, bs, D)
@@ -154,7 +158,9 @@ class PagedKVCache:
         self._meta: dict[str, torch.Tensor] | None = None
         self._decode = self._plain = False
         # Decode copies a step's blocks here, one layer at a time; reused across layers
-        # and steps (one layer's pool at most), allocated on the first decode. Scratch,
+        # and steps. A block shared by r rows (a common prefix) is read r times, so a step
+        # can read more blocks than the pool holds: the workspace grows to the largest
+        # step seen (doubling, so it reallocates O(log) times, never per step). Scratch,
         # not KV memory: bytes() counts the pool only.
         self._workspace: tuple[torch.Tensor, torch.Tensor] | None = None
 
@@ -230,11 +236,19 @@ class PagedKVCache:
         """Decode: write k, v (B, H_kv, 1, D), attend q (B, H, 1, D) over the blocks."""
         m = self._meta
         self.write(layer, m["write"], k[:, :, 0], v[:, :, 0])
-        if self._workspace is None:
-            self._workspace = (torch.empty_like(self.k[0]), torch.empty_like(self.v[0]))
         out = paged_decode_attention(q[:, :, 0], self.k[layer], self.v[layer], m["blocks"],
-                                     m["rows"], m["bias"], self._workspace)  # (B, H, D)
+                                     m["rows"], m["bias"],
+                                     self.workspace(len(m["blocks"])))  # (B, H, D)
         return out[:, :, None]  # (B, H, 1, D)
+
+    def workspace(self, num_blocks: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scratch for a decode that reads ``num_blocks`` blocks (rows x own blocks)."""
+        have = 0 if self._workspace is None else len(self._workspace[0])
+        if num_blocks > have:
+            n = max(num_blocks, 2 * have, self.num_blocks)
+            shape = (n, *self.k.shape[2:])  # (n, H_kv, bs, D)
+            self._workspace = (self.k.new_empty(shape), self.v.new_empty(shape))
+        return self._workspace
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor
                ) -> tuple[torch.Tensor, torch.Tensor]:

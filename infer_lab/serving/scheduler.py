@@ -182,13 +182,14 @@ class Scheduler:
                     finished.append(seq)
         return finished
 
-    def abort(self, seq: Sequence) -> None:
-        """Cancel a request (client went away): free its blocks now."""
+    def abort(self, seq: Sequence, reason: str = "abort") -> None:
+        """Cancel a request (client went away; or ``reason="error"``: serving it failed):
+        free its blocks now."""
         if seq.status is Status.FINISHED:
             return
         if seq.status is Status.WAITING:
             self.waiting.remove(seq)
-        seq.finish_reason = "abort"
+        seq.finish_reason = reason
         self._finish(seq, time.perf_counter())
 
     def _finish(self, seq: Sequence, now: float) -> None:

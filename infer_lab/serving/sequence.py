@@ -26,7 +26,8 @@ from enum import Enum
 
 import torch
 
-from ..generate import GREEDY, Sampling
+from ..sampling import GREEDY, Sampling
+from ..validate import integer
 
 
 class Status(Enum):
@@ -51,7 +52,8 @@ class Sequence:
 
     output: list[int] = field(default_factory=list)
     status: Status = Status.WAITING
-    finish_reason: str | None = None  # "length", "eos" or "abort"
+    finish_reason: str | None = None  # "length", "eos", "abort" or "error"
+    error: str | None = None  # why serving it failed (finish_reason "error")
     num_computed_tokens: int = 0
     num_cached_tokens: int = 0  # prompt tokens served by the prefix cache (last admission)
     block_table: list[int] = field(default_factory=list)
@@ -69,8 +71,9 @@ class Sequence:
             self.arrival_time = time.perf_counter()
         if not self.prompt:
             raise ValueError("empty prompt: give at least one token")
-        if self.max_tokens <= 0:
-            raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
+        self.max_tokens = integer("max_tokens", self.max_tokens, lo=1)
+        if not isinstance(self.sampling, Sampling):
+            raise ValueError(f"sampling must be an infer_lab.Sampling, got {self.sampling!r}")
 
     # -- tokens ---------------------------------------------------------------------
     @property

@@ -38,8 +38,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from ..generate import Sampling, _partial_stop
+from ..generate import _partial_stop
+from ..sampling import Sampling
 from ..tokenizer import StreamDecoder
+from ..validate import flag, integer, token_ids
 from .engine_loop import EngineLoop, ServerMetrics
 
 
@@ -69,48 +71,100 @@ class BadRequest(ValueError):
     pass
 
 
+class RequestFailed(RuntimeError):
+    """The engine aborted this request for a fault while serving it."""
+
+
 def _error(status: int, message: str, kind: str = "invalid_request_error") -> JSONResponse:
     return JSONResponse({"error": {"message": message, "type": kind}}, status_code=status)
 
 
-def parse_request(body: Any, tokenizer: Any) -> dict[str, Any]:
-    """Validate an OpenAI completions body; raise BadRequest with a message that says why."""
-    if not isinstance(body, dict):
-        raise BadRequest("the body must be a JSON object")
-    prompt = body.get("prompt")
+MAX_BODY_BYTES = 1 << 20  # a prompt of a million bytes is far past any context here
+MAX_STOP = 16
+# The body's fields: OpenAI's completions parameters we honour, plus vLLM's top_k and
+# ignore_eos. Anything else is refused by name: a typo ("temprature") or a parameter we
+# do not implement ("logprobs") must not be silently ignored.
+FIELDS = ("prompt", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop",
+          "stream", "ignore_eos", "n", "model", "user")
+
+
+def _reject_constant(name: str) -> Any:
+    raise BadRequest(f"{name} is not a valid JSON number (JSON has no NaN or Infinity)")
+
+
+def decode_body(raw: bytes) -> Any:
+    """Bytes -> JSON value; BadRequest for anything that is not strict JSON."""
+    if len(raw) > MAX_BODY_BYTES:
+        raise BadRequest(f"body of {len(raw)} bytes exceeds the limit of {MAX_BODY_BYTES}")
+    try:
+        return json.loads(raw, parse_constant=_reject_constant)
+    except RecursionError:
+        raise BadRequest("malformed JSON: nested too deeply") from None
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        if isinstance(e, BadRequest):
+            raise
+        raise BadRequest(f"malformed JSON: {e}") from None
+
+
+def _prompt_ids(prompt: Any, tokenizer: Any) -> list[int]:
     if isinstance(prompt, str):
-        ids = tokenizer.encode(prompt)
-    elif isinstance(prompt, list) and prompt and all(type(t) is int for t in prompt):
-        ids = prompt  # pre-tokenized, as the OpenAI API allows
-    else:
-        raise BadRequest("'prompt' must be a non-empty string or a list of token ids "
-                         "(one prompt per request)")
-    if not ids:
-        raise BadRequest("'prompt' encodes to no tokens")
-    max_tokens = body.get("max_tokens", 16)
-    if type(max_tokens) is not int or max_tokens <= 0:
-        raise BadRequest(f"'max_tokens' must be an integer >= 1, got {max_tokens!r}")
-    if body.get("n", 1) != 1:
-        raise BadRequest("only n = 1 is supported")
-    stop = body.get("stop") or []
-    stop = [stop] if isinstance(stop, str) else stop
+        if not prompt:
+            raise BadRequest("'prompt' is empty: give at least one character")
+        try:
+            ids = tokenizer.encode(prompt)
+        except Exception as e:  # noqa: BLE001 - e.g. a lone surrogate; the client hears why
+            raise BadRequest(f"'prompt' cannot be tokenized: {e}") from None
+        if not ids:
+            raise BadRequest("'prompt' encodes to no tokens")
+        return ids
+    if isinstance(prompt, list):  # pre-tokenized, as the OpenAI API allows
+        try:
+            return token_ids("'prompt'", prompt, tokenizer.vocab_size)
+        except ValueError as e:
+            raise BadRequest(str(e)) from None
+    raise BadRequest("'prompt' must be a non-empty string or a list of token ids "
+                     f"(one prompt per request), got {type(prompt).__name__}")
+
+
+def _stop_strings(stop: Any) -> list[str]:
+    stop = [] if stop is None else [stop] if isinstance(stop, str) else stop
     if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop):
         raise BadRequest("'stop' must be a string or a list of non-empty strings")
+    if len(stop) > MAX_STOP:
+        raise BadRequest(f"'stop' has {len(stop)} strings; at most {MAX_STOP}")
+    return stop
+
+
+def parse_request(body: Any, tokenizer: Any) -> dict[str, Any]:
+    """Validate an OpenAI completions body; raise BadRequest with a message that says why.
+
+    Each parameter goes through the rule the Python API uses (:mod:`infer_lab.validate`,
+    :class:`~infer_lab.sampling.Sampling`), so the server refuses exactly what
+    ``generate`` refuses.
+    """
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object")
+    unknown = sorted(set(body) - set(FIELDS))
+    if unknown:
+        raise BadRequest(f"unsupported field(s) {', '.join(map(repr, unknown))}; this "
+                         f"server takes {', '.join(FIELDS)}")
+    ids = _prompt_ids(body.get("prompt"), tokenizer)
+    stop = _stop_strings(body.get("stop"))
     try:
-        temperature = float(body.get("temperature", 1.0))
-        top_p = body.get("top_p")
-        seed = body.get("seed")
-        if seed is not None and type(seed) is not int:
-            raise BadRequest(f"'seed' must be an integer, got {seed!r}")
-        sampling = Sampling(temperature=temperature,
-                            top_p=None if top_p is None else float(top_p),
-                            seed=seed)
-    except (TypeError, ValueError) as e:
-        raise BadRequest(str(e)) from e
+        max_tokens = integer("'max_tokens'", body.get("max_tokens", 16), lo=1)
+        if integer("'n'", body.get("n", 1)) != 1:
+            raise BadRequest("only n = 1 is supported")
+        stream, ignore_eos = (flag(f"'{k}'", body.get(k, False))
+                              for k in ("stream", "ignore_eos"))
+        opt = {k: body[k] for k in ("top_k", "top_p", "seed") if body.get(k) is not None}
+        sampling = Sampling(temperature=body.get("temperature", 1.0), **opt)
+    except ValueError as e:
+        raise BadRequest(str(e)) from None
+    model = body.get("model", "infer-lab")
+    if not isinstance(model, str):
+        raise BadRequest(f"'model' must be a string, got {type(model).__name__}")
     return {"ids": ids, "max_tokens": max_tokens, "stop": stop, "sampling": sampling,
-            "stream": bool(body.get("stream", False)),
-            "ignore_eos": bool(body.get("ignore_eos", False)),  # vLLM's extension
-            "model": body.get("model", "infer-lab")}
+            "stream": stream, "ignore_eos": ignore_eos, "model": model}
 
 
 async def _unless_disconnected(request: Request, work) -> bool:
@@ -139,10 +193,9 @@ def build_app(engine: Any, tokenizer: Any, max_queue: int = 64) -> Starlette:
 
     async def completions(request: Request) -> Response:
         try:
-            req = parse_request(json.loads(await request.body()), tokenizer)
-        except json.JSONDecodeError as e:
-            return _error(400, f"malformed JSON: {e}")
+            req = parse_request(decode_body(await request.body()), tokenizer)
         except BadRequest as e:
+            metrics.bad_requests.inc()
             return _error(400, str(e))
         if not loop_thread.alive:
             return _error(503, f"engine stopped: {loop_thread.error!r}", "server_error")
@@ -159,6 +212,7 @@ def build_app(engine: Any, tokenizer: Any, max_queue: int = 64) -> Starlette:
                 req["ids"], req["max_tokens"], req["sampling"], eos, sink))
         except ValueError as e:  # longer than the context or the whole KV pool
             in_flight[0] -= 1
+            metrics.bad_requests.inc()
             return _error(400, str(e))
         rid, created = f"cmpl-{uuid.uuid4().hex[:16]}", int(time.time())
 
@@ -168,8 +222,9 @@ def build_app(engine: Any, tokenizer: Any, max_queue: int = 64) -> Starlette:
             try:
                 while not done:
                     ev = await tokens.get()
-                    if ev[0] == "error":
-                        raise RuntimeError(ev[1])
+                    if ev[0] == "error":  # the engine already freed its blocks
+                        done = True
+                        raise RequestFailed(ev[1])
                     _, tok, done, reason = ev
                     if tok == eos:  # EOS ends the text; it is not part of it
                         yield text.flush(), "stop"
@@ -193,8 +248,12 @@ def build_app(engine: Any, tokenizer: Any, max_queue: int = 64) -> Starlette:
 
         if req["stream"]:
             async def sse() -> AsyncIterator[str]:
-                async for delta, reason in events():
-                    yield f"data: {json.dumps(chunk(delta, reason))}\n\n"
+                try:
+                    async for delta, reason in events():
+                        yield f"data: {json.dumps(chunk(delta, reason))}\n\n"
+                except RequestFailed as e:  # headers are sent: the error is an event
+                    err = {"error": {"message": str(e), "type": "server_error"}}
+                    yield f"data: {json.dumps(err)}\n\n"
                 yield "data: [DONE]\n\n"
             return StreamingResponse(sse(), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache"})
@@ -204,8 +263,11 @@ def build_app(engine: Any, tokenizer: Any, max_queue: int = 64) -> Starlette:
             async for item in events():
                 parts.append(item)
 
-        if not await _unless_disconnected(request, collect()):
-            return Response(status_code=499)  # nobody is listening; the request was aborted
+        try:
+            if not await _unless_disconnected(request, collect()):
+                return Response(status_code=499)  # nobody is listening; it was aborted
+        except RequestFailed as e:
+            return _error(500, f"the request failed while being served: {e}", "server_error")
         n, reason = len(parts), parts[-1][1]
         body = chunk("".join(t for t, _ in parts), reason)
         body["usage"] = {"prompt_tokens": len(req["ids"]), "completion_tokens": n,
@@ -214,8 +276,9 @@ def build_app(engine: Any, tokenizer: Any, max_queue: int = 64) -> Starlette:
 
     async def health(request: Request) -> Response:
         ok = loop_thread.alive
-        return JSONResponse({"status": "ok" if ok else "engine stopped",
-                             "error": None if ok else repr(loop_thread.error)},
+        why = None if ok else repr(loop_thread.error) if loop_thread.error else "not running"
+        return JSONResponse({"status": "ok" if ok else "engine stopped", "error": why,
+                             "request_errors": loop_thread.num_request_errors},
                             status_code=200 if ok else 503)
 
     async def prometheus(request: Request) -> Response:
