@@ -32,8 +32,43 @@ def test_decode_quick_writes_the_ratios(tmp_path, capsys):
         # same weights, greedy, fp32: both implementations pick the same tokens
         assert r["greedy_tokens_agree"] == r["new_tokens"]
     assert data["machine"]["threads"] >= 1 and data["hardware"]["source"] == "measured"
+    # every timed row of the table has its repeats, for the spread check
+    assert set(data["timings"]) == {"code_m ours", "code_m transformers", "gpt2 ours",
+                                    "gpt2 transformers", "code_m with KV cache",
+                                    "code_m without cache"}
+    assert all(len(t) == 1 and t[0] > 0 for t in data["timings"].values())  # --quick: 1
+    assert set(data["load"]) >= {"before", "after", "cores", "threads", "busy"}
+    assert data["load"]["cores"] >= 1 and data["load"]["seconds"] > 0
+    assert data["warnings"] == result["warnings"]
+    assert all(isinstance(w, str) for w in data["warnings"])
     printed = capsys.readouterr().out
     assert "tokens/s" in printed and "KV cache speedup" in printed
+    assert "load average" in printed
+    for w in data["warnings"]:
+        assert f"WARNING: {w}" in printed
+
+
+def test_decode_kv_rows_repeat_and_alternate(monkeypatch):
+    """The KV-cache row gets its repeats (>= 3 in the full config), alternated with its
+    contender: each cached call sits between uncached ones."""
+    import infer_lab.bench.decode as decode
+
+    assert decode.FULL.kv_repeats >= 3
+    order = []
+    real = decode.generate
+
+    def spy(model, prompts, n, *a, use_cache=True, **kw):
+        order.append((n, use_cache))
+        return real(model, prompts, n, *a, use_cache=use_cache, **kw)
+
+    monkeypatch.setattr(decode, "generate", spy)
+    result = main(["decode", "--quick", "--kv-repeats", "3"])
+    assert [len(result["timings"][r]) for r in ("code_m with KV cache",
+                                               "code_m without cache")] == [3, 3]
+    n = decode.QUICK.kv_new_tokens
+    timed = [c for c in order if c[0] == n]
+    assert timed == [(n, True), (n, False)] * 3
+    assert result["settings"]["kv_repeats"] == 3
 
 
 def test_interleaved_times_alternates():

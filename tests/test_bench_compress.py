@@ -39,3 +39,10 @@ def test_compress_quick_writes_every_row_and_ratio(tmp_path, capsys):
             assert data["ratio_notes"][key], key
         else:
             assert math.isfinite(value), key
+    # every decode row is timed (interleaved) for the spread check; the load is recorded
+    assert list(data["timings"]) == ROWS
+    assert all(len(t) == 1 and t[0] > 0 for t in data["timings"].values())
+    assert "times_s" not in rows["code-m"]
+    assert set(data["load"]) >= {"before", "after", "cores", "busy"}
+    assert data["warnings"] == result["warnings"]
+    assert all(isinstance(w, str) for w in data["warnings"])

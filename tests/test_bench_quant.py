@@ -46,6 +46,13 @@ def test_quant_quick_writes_every_row_and_ratio(tmp_path, capsys):
             if model == "code_m":
                 assert r["ppl"] > 0 and 0 <= r["exact_match"] <= 1, name
     assert "int8 dynamic (fbgemm)" in data["results"]["gpt2"]["methods"]
+    # each model's decode rows are timed, alternated, for the spread check
+    ran = {f"{model} {name}" for model, key in (("code-m", "code_m"), ("gpt2", "gpt2"))
+           for name, r in data["results"][key]["methods"].items() if r["available"]}
+    assert set(data["timings"]) == ran
+    assert all(len(t) == 1 and t[0] > 0 for t in data["timings"].values())
+    assert set(data["load"]) >= {"before", "after", "cores", "busy"}
+    assert data["warnings"] == result["warnings"]
     path = data["ratio_notes"].get("int8_speed_vs_fp32_gpt2_path")
     if data["ratios"]["int8_speed_vs_fp32_gpt2"] is not None:
         assert path in {m.name for m in METHODS if m.int8}

@@ -18,6 +18,13 @@ def test_bench_serving_quick_writes_ratios(tmp_path, capsys):
     summaries = result["figures"]["summaries"]
     assert set(summaries) == {"static", "dynamic", "continuous", "transformers sequential"}
     assert summaries["static"]["output_tokens"] == summaries["continuous"]["output_tokens"]
+    # every row's runs are kept for the spread check, and the load is recorded
+    assert set(saved["timings"]) == set(summaries) | {"prefix cache off, TTFT p50",
+                                                      "prefix cache on, TTFT p50"}
+    assert all(len(t) == 1 and t[0] > 0 for t in saved["timings"].values())  # --quick: 1
+    assert saved["figures"]["repeats"] == 1
+    assert set(saved["load"]) >= {"before", "after", "cores", "busy"}
+    assert saved["warnings"] == result["warnings"]
     text = capsys.readouterr().out
     for needle in ("continuous", "transformers sequential", "TTFT p50 ms",
                    "paged_kv_waste:", "(continuous / static batching"):

@@ -21,6 +21,15 @@ def test_bench_speculative_quick_writes_ratios(tmp_path, capsys):
     for row in (*saved["figures"]["speculative"].values(), *saved["figures"]["self"].values()):
         # theory comes from the measured alpha and c, so it is a finite positive number
         assert math.isfinite(row["theory"]) and row["theory"] > 0
+    # every row is timed (all rows alternated), with the two draft-cost rows
+    rows = {"plain (code-m)", "code-s draft, k=1", "code-s draft, k=2",
+            "hybrid lookup + code-s, k=2", "prompt lookup, k=8",
+            "-- editing workload: plain (code-m)", "prompt lookup, editing, k=8",
+            "transformers assisted (code-s)", "transformers prompt lookup, editing"}
+    assert set(saved["timings"]) >= rows and len(saved["timings"]) == len(rows) + 3
+    assert all(len(t) == 1 and t[0] > 0 for t in saved["timings"].values())  # --quick: 1
+    assert set(saved["load"]) >= {"before", "after", "cores", "busy"}
+    assert saved["warnings"] == result["warnings"]
     out = capsys.readouterr().out
     assert "code-s draft, k=1" in out and "hybrid lookup + code-s, k=2" in out
     assert "every speculative output equals plain greedy decoding" in out

@@ -4,9 +4,13 @@ Each command is a sibling module with two functions:
 
     add_arguments(parser)   its own options (``--json PATH`` and ``--quick`` are common)
     run(args) -> dict       measures, prints a table, returns its figures, including a
-                            top-level ``ratios`` object {name: number}
+                            top-level ``ratios`` object {name: number} and ``timings``
+                            {row: [seconds of each repeat]} for every timed row
 
-and one line in :data:`COMMANDS`. A benchmark measures; it never asserts speed.
+and one line in :data:`COMMANDS`. A benchmark measures; it never asserts speed. It does
+say when its timings are suspect: :func:`main` reads the load average before and after
+the run and checks each row's repeats (:mod:`infer_lab.bench.load`), adding ``load`` and
+``warnings`` to the figures and printing the warnings under the table.
 """
 
 from __future__ import annotations
@@ -18,11 +22,14 @@ import math
 import platform
 import statistics
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from . import load
 
 # Command name -> module. Later benchmarks (quant, speculative, serving, compress) add a
 # sibling module and one line here.
@@ -53,13 +60,33 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Parse ``argv``, run the command, write ``--json`` if asked; return the figures."""
+    """Parse ``argv``, run the command, write ``--json`` if asked; return the figures.
+
+    The load average is read here, around the command, so that every command gets the
+    busy-machine check without code of its own; "before" is read first thing, while
+    this process has done nothing but import.
+    """
+    before = load.load_average()
     args = build_parser().parse_args(argv)
     mod = importlib.import_module(COMMANDS[args.command])
+    t0 = time.perf_counter()
+    figures = mod.run(args)
+    record = load.LoadRecord(before, load.load_average(), load.usable_cores(),
+                             torch.get_num_threads(), time.perf_counter() - t0)
     result = {"command": args.command, "quick": args.quick, "machine": machine_info(),
-              **mod.run(args)}
+              **figures}
     if "ratios" not in result:
         raise RuntimeError(f"bench {args.command!r} returned no 'ratios'")
+    result.setdefault("timings", {})  # labs-memory times no repeated rows
+    result["load"] = record.as_dict()
+    result["spread"] = {"threshold": load.SPREAD_THRESHOLD,
+                        "rows": load.spreads(result["timings"])}
+    result["warnings"] = load.warnings(record, result["timings"])
+    print(load.summary_line(record))
+    for line in result["warnings"]:
+        print(f"WARNING: {line}")
+    if result["warnings"]:
+        print("WARNING: these timings are suspect; rerun on a quiet machine")
     if args.json is not None:
         write_json(args.json, result)
         print(f"wrote {args.json}")

@@ -17,7 +17,10 @@ Every row is measured the same way, next to ``code-m`` (the teacher):
       recovery = (PPL_pruned - PPL_after) / (PPL_pruned - PPL_code-m)
 
 Decode tokens/s: greedy, batch 1, fp32, new tokens over the whole call (prefill
-included), contenders alternated (:func:`~infer_lab.bench.interleaved_times`).
+included), contenders alternated (:func:`~infer_lab.bench.interleaved_times`), each
+repeated so that :mod:`infer_lab.bench.load` can flag runs that disagree. "train s" is
+one training run's wall time: what making the model cost, not a contender, so it is not
+repeated (a second run would double the bench for a figure no ratio uses).
 """
 
 from __future__ import annotations
@@ -224,13 +227,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         gen = torch.Generator().manual_seed(cfg.seed)
         prompt = torch.randint(teacher.config.vocab_size, (cfg.prompt_tokens,),
                                generator=gen).tolist()
-        for name, r in decode_speeds(models, cfg.new_tokens, cfg.repeats, prompt, bar).items():
+        speeds, timings = decode_speeds(models, cfg.new_tokens, cfg.repeats, prompt, bar)
+        for name, r in speeds.items():
             rows[name].update(r, new_tokens=cfg.new_tokens)
     ratios, notes = ratios_of(rows)
     print(report(rows, cfg, source, ratios, notes, time.time() - t0))
     return {"settings": {**asdict(cfg), "threads": torch.get_num_threads(),
                          "student_config": student_cfg.to_dict(), "weights": source},
-            "results": rows, "ratios": ratios, "ratio_notes": notes,
+            "results": rows, "ratios": ratios, "ratio_notes": notes, "timings": timings,
             "total_seconds": time.time() - t0}
 
 

@@ -7,7 +7,8 @@ Two comparisons, measured in one run:
    GPT-2-124M-shaped model with random weights. Fair by construction: same dtype, same
    threads, same prompt, warm-up calls, runs alternated, the median of the repeats.
 2. Our decode with and without the KV cache at 512 new tokens on ``code-m``: without
-   it, step t runs a full forward over t tokens, O(n^2) work for n tokens in all.
+   it, step t runs a full forward over t tokens, O(n^2) work for n tokens in all. The
+   two alternate too, median of 3.
 
 tokens/s counts new tokens over the whole call (prefill included) for every contender.
 """
@@ -35,7 +36,10 @@ class DecodeBenchConfig:
     prompt_tokens: int = 32
     repeats: int = 3
     warmup: int = 1
-    kv_repeats: int = 1  # the uncached run is slow and its speed is not in doubt
+    # The uncached run is the slow one (~13 s at 512 tokens on 2 cores), but a row timed
+    # once cannot show that a busy machine slowed it (0.3x "speedup" seen): 3 repeats,
+    # interleaved with the cached run, cost about 30 s more than 1 and keep 512 tokens.
+    kv_repeats: int = 3
     seed: int = 0
 
 
@@ -53,6 +57,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"tokens per call, with vs without cache ({FULL.kv_new_tokens})")
     parser.add_argument("--repeats", type=int, default=None,
                         help=f"timed calls per contender ({FULL.repeats})")
+    parser.add_argument("--kv-repeats", type=int, default=None,
+                        help=f"timed calls per contender, with vs without cache "
+                             f"({FULL.kv_repeats})")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's choice)")
 
@@ -116,8 +123,9 @@ def _quiet_transformers():
 
 
 def bench_vs_hf(model: Transformer, cfg: DecodeBenchConfig, prompt: list[int],
-                progress=None) -> dict[str, Any]:
-    """tokens/s of our generate and of transformers' on the same weights and prompt."""
+                progress=None) -> tuple[dict[str, Any], dict[str, list[float]]]:
+    """tokens/s of our generate and of transformers' on the same weights and prompt,
+    and the seconds of each timed call."""
     from ..hf_export import to_hf
 
     hf_model = to_hf(model)
@@ -141,14 +149,15 @@ def bench_vs_hf(model: Transformer, cfg: DecodeBenchConfig, prompt: list[int],
     best = n / min(times["ours"]) / (n / min(times["hf"]))
     return {"ours_tokens_per_s": ours_tps, "hf_tokens_per_s": hf_tps,
             "ours_ms_per_token": 1e3 / ours_tps, "hf_ms_per_token": 1e3 / hf_tps,
-            "ratio": ours_tps / hf_tps, "ratio_of_best_runs": best, "times_s": times,
+            "ratio": ours_tps / hf_tps, "ratio_of_best_runs": best,
             "greedy_tokens_agree": matching_prefix(outputs["ours"], outputs["hf"]),
-            "new_tokens": n}
+            "new_tokens": n}, times
 
 
 def bench_kv_cache(model: Transformer, cfg: DecodeBenchConfig, prompt: list[int],
-                   progress=None) -> dict[str, Any]:
-    """tokens/s of our decode with and without the KV cache."""
+                   progress=None) -> tuple[dict[str, Any], dict[str, list[float]]]:
+    """tokens/s of our decode with and without the KV cache, and the seconds of each
+    timed call (the two alternate: with, without, with, ...)."""
     n = cfg.kv_new_tokens
     fns = {"with_cache": lambda: generate(model, [prompt], n, eos_id=None),
            "without_cache": lambda: generate(model, [prompt], n, eos_id=None,
@@ -160,12 +169,7 @@ def bench_kv_cache(model: Transformer, cfg: DecodeBenchConfig, prompt: list[int]
     times = interleaved_times(fns, cfg.kv_repeats, 0, model.device, progress)
     w, wo = n / median(times["with_cache"]), n / median(times["without_cache"])
     return {"with_cache_tokens_per_s": w, "without_cache_tokens_per_s": wo,
-            "speedup": w / wo, "times_s": times, "new_tokens": n}
-
-
-def _tick(progress, k: int = 1) -> None:
-    if progress is not None:
-        progress.update(k)
+            "speedup": w / wo, "new_tokens": n}, times
 
 
 def roofline_note(model: Transformer, tokens_per_s: float, context: int,
@@ -188,7 +192,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         new_tokens=args.new_tokens or base.new_tokens,
         kv_new_tokens=args.kv_new_tokens or base.kv_new_tokens,
         prompt_tokens=base.prompt_tokens, repeats=args.repeats or base.repeats,
-        warmup=base.warmup, kv_repeats=base.kv_repeats, seed=base.seed)
+        warmup=base.warmup, kv_repeats=args.kv_repeats or base.kv_repeats, seed=base.seed)
     device = default_device()
     dtype = default_dtype(device)  # fp32 on CPU; both implementations get the same
     torch.manual_seed(cfg.seed)  # random weights are the same run to run
@@ -198,12 +202,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     steps = 2 * (len(models) * (cfg.warmup + cfg.repeats) + cfg.kv_repeats)
     results: dict[str, Any] = {}
+    timings: dict[str, list[float]] = {}  # table row -> seconds of each repeat
     with tqdm(total=steps, desc="decode bench") as bar:
         for name, (model, source) in models.items():
             gen = torch.Generator().manual_seed(cfg.seed)
             prompt = torch.randint(model.config.vocab_size, (cfg.prompt_tokens,),
                                    generator=gen).tolist()
-            r = bench_vs_hf(model, cfg, prompt, bar)
+            r, times = bench_vs_hf(model, cfg, prompt, bar)
+            timings[f"{name} ours"], timings[f"{name} transformers"] = times["ours"], times["hf"]
             context = cfg.prompt_tokens + cfg.new_tokens // 2  # mean context of a step
             results[name] = {"weights": source, "n_params": model.config.n_params,
                              **r, **roofline_note(model, r["ours_tokens_per_s"], context,
@@ -211,7 +217,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         model = models["code_m"][0]
         prompt = torch.randint(model.config.vocab_size, (cfg.prompt_tokens,),
                                generator=torch.Generator().manual_seed(cfg.seed)).tolist()
-        results["kv_cache_code_m"] = bench_kv_cache(model, cfg, prompt, bar)
+        results["kv_cache_code_m"], times = bench_kv_cache(model, cfg, prompt, bar)
+        timings["code_m with KV cache"] = times["with_cache"]
+        timings["code_m without cache"] = times["without_cache"]
 
     ratios = {"ours_vs_hf_code_m": results["code_m"]["ratio"],
               "ours_vs_hf_gpt2": results["gpt2"]["ratio"],
@@ -220,7 +228,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return {"settings": {**asdict(cfg), "dtype": str(dtype), "device": str(device),
                          "threads": torch.get_num_threads()},
             "hardware": asdict(hw),
-            "results": results, "ratios": ratios}
+            "results": results, "ratios": ratios, "timings": timings}
 
 
 def report(results: dict[str, Any], cfg: DecodeBenchConfig, dtype: torch.dtype,

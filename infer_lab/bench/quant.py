@@ -50,7 +50,9 @@ class QuantBenchConfig:
     gpt2_new_tokens: int = 32  # decode, GPT-2 shape (fp32 runs at a few tokens/s on CPU)
     prompt_tokens: int = 16
     repeats: int = 3
-    gpt2_repeats: int = 2
+    # 3, not 2: a median of 2 is their mean, which one slowed run drags along; the third
+    # costs about 40 s here (the slow dequantizing rows run at 4-15 tokens/s).
+    gpt2_repeats: int = 3
     calib_seqs: int = 16  # GPTQ / AWQ calibration windows of calib_len training tokens
     calib_len: int = 256
     group_size: int = 64  # RTN, GPTQ and AWQ 4-bit compared at this group size
@@ -70,16 +72,17 @@ TINY = {"n_layer": 2, "d_model": 256, "n_head": 4, "d_ff": 512, "max_seq_len": 1
 
 
 def decode_speeds(models: dict[str, nn.Module], n: int, repeats: int, prompt: list[int],
-                  progress=None) -> dict[str, dict[str, Any]]:
-    """tokens/s of each model, runs alternated across all of them."""
+                  progress=None) -> tuple[dict[str, dict[str, Any]], dict[str, list[float]]]:
+    """tokens/s of each model, runs alternated across all of them; and the seconds of
+    each timed call, for the spread check of :mod:`infer_lab.bench.load`."""
     with torch.inference_mode():
         for m in models.values():  # warm-up on a few tokens: one-off costs do not scale
             generate(m, [prompt], min(n, 4), GREEDY, eos_id=None)
         fns = {k: (lambda m=m: generate(m, [prompt], n, GREEDY, eos_id=None))
                for k, m in models.items()}
         times = interleaved_times(fns, repeats, 0, "cpu", progress)
-    return {k: {"tokens_per_s": n / median(t), "best_tokens_per_s": n / min(t),
-                "times_s": t} for k, t in times.items()}
+    return {k: {"tokens_per_s": n / median(t), "best_tokens_per_s": n / min(t)}
+            for k, t in times.items()}, times
 
 
 def quality(model: nn.Module, ctx: dict, cfg: QuantBenchConfig) -> dict[str, float]:
@@ -96,7 +99,9 @@ def quality(model: nn.Module, ctx: dict, cfg: QuantBenchConfig) -> dict[str, flo
 
 
 def bench_model(fp: nn.Module, ctx: dict, cfg: QuantBenchConfig, with_quality: bool,
-                n: int, repeats: int, bar) -> dict[str, dict[str, Any]]:
+                n: int, repeats: int, bar
+                ) -> tuple[dict[str, dict[str, Any]], dict[str, list[float]]]:
+    """Every scheme's row on ``fp``, and the seconds of each scheme's timed decodes."""
     built = build_all(fp, ctx, bar)
     ready = {k: m for k, m in built.items() if isinstance(m, nn.Module)}
     names = list(eligible(fp))
@@ -112,9 +117,10 @@ def bench_model(fp: nn.Module, ctx: dict, cfg: QuantBenchConfig, with_quality: b
             _tick(bar)
     gen = torch.Generator().manual_seed(cfg.seed)
     prompt = torch.randint(fp.config.vocab_size, (cfg.prompt_tokens,), generator=gen).tolist()
-    for k, r in decode_speeds(ready, n, repeats, prompt, bar).items():
+    speeds, times = decode_speeds(ready, n, repeats, prompt, bar)
+    for k, r in speeds.items():
         rows[k].update(r, new_tokens=n)
-    return rows
+    return rows, times
 
 
 def _tick(progress, k: int = 1) -> None:
@@ -220,9 +226,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     n = len(METHODS)
     steps = (2 * n + n + n * (cfg.repeats + 1) + n * (cfg.gpt2_repeats + 1))
     with tqdm(total=steps, desc="quant bench") as bar:
-        res_m = bench_model(code_m, ctx, cfg, True, cfg.new_tokens, cfg.repeats, bar)
-        res_g = bench_model(gpt2, {**ctx, "calib_ids": None}, cfg, False,
-                            cfg.gpt2_new_tokens, cfg.gpt2_repeats, bar)
+        res_m, times_m = bench_model(code_m, ctx, cfg, True, cfg.new_tokens, cfg.repeats,
+                                     bar)
+        res_g, times_g = bench_model(gpt2, {**ctx, "calib_ids": None}, cfg, False,
+                                     cfg.gpt2_new_tokens, cfg.gpt2_repeats, bar)
+    timings = {**{f"code-m {k}": t for k, t in times_m.items()},
+               **{f"gpt2 {k}": t for k, t in times_g.items()}}
     ratios, notes = ratios_of(res_m, res_g)
     results = {"code_m": {"weights": source, "n_params": code_m.config.n_params,
                           "methods": res_m},
@@ -231,7 +240,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         "n_params": gpt2.config.n_params, "methods": res_g}}
     print(report(results, cfg, ratios, notes))
     return {"settings": {**asdict(cfg), "threads": torch.get_num_threads()},
-            "results": results, "ratios": ratios, "ratio_notes": notes}
+            "results": results, "ratios": ratios, "ratio_notes": notes, "timings": timings}
 
 
 def report(results: dict[str, Any], cfg: QuantBenchConfig, ratios: dict[str, float | None],

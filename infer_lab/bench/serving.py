@@ -17,7 +17,9 @@ would hold, over the continuous run's steps,
     waste = 1 - sum_steps tokens_stored / sum_steps slots_reserved,
 
 and the TTFT speedup of prefix caching when every request starts with the same long
-system prompt. A benchmark measures; it never asserts speed.
+system prompt. Every row runs ``--repeats`` times (3), the rows alternated, and reports
+its median run whole (percentiles of different runs do not average). A benchmark
+measures; it never asserts speed.
 """
 
 from __future__ import annotations
@@ -47,6 +49,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--token-budget", type=int, default=512,
                    help="continuous batching's tokens per step (static and dynamic batching "
                         "prefill a whole batch in one step, unbudgeted)")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="runs of every row, alternated; each row reports its median run "
+                        "(3: about three times the ~5.5 min of one pass; 1: no spread check)")
 
 
 class _TokenTimes:
@@ -66,13 +71,10 @@ class _TokenTimes:
         pass
 
 
-def _run_hf(model, workload) -> Any:
-    from ..hf_export import to_hf
+def _run_hf(hf, workload) -> Any:
+    """transformers' ``generate`` (``hf``, warmed up) over the workload, one at a time."""
     from ..serving.loadgen import LoadReport, RequestResult
 
-    hf = to_hf(model)
-    hf.generate(torch.tensor([workload[0].prompt[:8]]), max_new_tokens=2, do_sample=False,
-                pad_token_id=0)  # warm-up
     results, busy = [], 0.0
     for r in workload:
         st, t0 = _TokenTimes(), time.perf_counter()
@@ -100,8 +102,15 @@ def _row(name: str, s: dict[str, Any]) -> list:
             ms(s["tpot"], "p95"), s["e2e"]["p95"], s["goodput"]]
 
 
+def _median_run(values: list[float]) -> int:
+    """Index of the median of ``values`` (the lower one of an even count): the run a row
+    reports, whole, since percentiles of different runs do not average."""
+    return sorted(range(len(values)), key=values.__getitem__)[(len(values) - 1) // 2]
+
+
 BLOCK = 16
 POLICIES = ("static", "dynamic", "continuous")
+HF = "transformers sequential"
 
 
 def _setup(args: argparse.Namespace):
@@ -148,26 +157,44 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
+    from ..hf_export import to_hf
     from ..serving import Engine, EngineConfig
     from ..serving.loadgen import make_workload, run_engine
 
     q = args.quick
+    repeats = 1 if q else args.repeats
     model, tok, texts, work, cfg, batch = _setup(args)
     n, ctx, block = len(work), model.config.max_seq_len, BLOCK
+    rng = random.Random(args.seed)
+    subset = rng.sample(work, min(2 if q else args.hf_requests, len(work)))
+    hf = to_hf(model)
+    hf.generate(torch.tensor([subset[0].prompt[:8]]), max_new_tokens=2, do_sample=False,
+                pad_token_id=0)  # warm-up
     # Each policy runs in a fresh process, so none inherits another's heap and threads:
     # back-to-back runs in one process drifted slower here (a continuous decode step
     # 26.9 -> 28.8 ms over four runs, a plain forward 10.6 -> 12.8 ms), which favours
-    # whichever policy runs first.
-    reports, kv, steps = {}, [], {}
+    # whichever policy runs first. The rows alternate over the repeats (static, dynamic,
+    # continuous, transformers, static, ...), so a slow minute of a busy host lands on
+    # each of them alike, and each row's runs feed the spread check.
+    runs: dict[str, list] = {name: [] for name in (*POLICIES, HF)}
+    steps_of: dict[str, list] = {name: [] for name in POLICIES}
     spawn = multiprocessing.get_context("spawn")
+    for _ in range(repeats):
+        for name in POLICIES:
+            with ProcessPoolExecutor(1, mp_context=spawn) as pool:
+                rep, st = pool.submit(_run_policy, args, name, torch.get_num_threads()).result()
+            runs[name].append(rep)
+            steps_of[name].append(st)
+        runs[HF].append(_run_hf(hf, subset))
+    del hf
+    # Every run of a row makes the same tokens (EOS ignored), so durations compare.
+    timings = {name: [r.duration for r in reps] for name, reps in runs.items()}
+    pick = {name: _median_run(t) for name, t in timings.items()}
+    reports = {name: runs[name][i] for name, i in pick.items()}
+    steps = {name: steps_of[name][pick[name]] for name in POLICIES}
+    kv = []
     for name in POLICIES:
-        with ProcessPoolExecutor(1, mp_context=spawn) as pool:
-            reports[name], steps[name] = pool.submit(
-                _run_policy, args, name, torch.get_num_threads()).result()
         kv = reports[name].kv or kv
-    rng = random.Random(args.seed)
-    subset = rng.sample(work, min(2 if q else args.hf_requests, len(work)))
-    reports["transformers sequential"] = _run_hf(model, subset)
 
     # Prefix caching: every request starts with the same long system prompt. One request
     # at a time (closed loop, concurrency 1), so TTFT is the prefill alone, no queueing.
@@ -176,14 +203,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     pwork = make_workload(tok, 4 if q else 12, math.inf, args.seed + 1,
                           (4, 8) if q else (16, 32), (50, 200), shared_prefix=system,
                           max_seq_len=ctx, source=texts)
+    prefix_runs: dict[bool, list] = {False: [], True: []}
+    for _ in range(repeats):
+        for on in (False, True):
+            pcfg = EngineConfig(block_size=block, num_blocks=cfg.num_blocks,
+                                max_num_seqs=batch, max_num_batched_tokens=args.token_budget,
+                                enable_prefix_caching=on)
+            eng = Engine(model, pcfg)
+            rep = run_engine(eng, pwork, mode="closed", concurrency=1)
+            prefix_runs[on].append((rep.summary(), eng.block_manager.prefix_hit_rate))
     prefix = {}
-    for on in (False, True):
-        pcfg = EngineConfig(block_size=block, num_blocks=cfg.num_blocks, max_num_seqs=batch,
-                            max_num_batched_tokens=args.token_budget,
-                            enable_prefix_caching=on)
-        eng = Engine(model, pcfg)
-        rep = run_engine(eng, pwork, mode="closed", concurrency=1)
-        prefix[on] = (rep.summary(), eng.block_manager.prefix_hit_rate)
+    for on, label in ((False, "prefix cache off, TTFT p50"), (True, "prefix cache on, TTFT p50")):
+        timings[label] = [summary["ttft"]["p50"] for summary, _ in prefix_runs[on]]
+        prefix[on] = prefix_runs[on][_median_run(timings[label])]
 
     summaries = {k: r.summary(args.slo_ttft, args.slo_tpot) for k, r in reports.items()}
     cont, stat = summaries["continuous"], summaries["static"]
@@ -194,8 +226,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     ratios = {
         "continuous_vs_static": cont["tokens_per_s"] / stat["tokens_per_s"],
         "continuous_vs_dynamic": cont["tokens_per_s"] / summaries["dynamic"]["tokens_per_s"],
-        "continuous_vs_hf_sequential":
-            cont["tokens_per_s"] / summaries["transformers sequential"]["tokens_per_s"],
+        "continuous_vs_hf_sequential": cont["tokens_per_s"] / summaries[HF]["tokens_per_s"],
         "paged_kv_waste": paged,
         "contiguous_kv_waste": contiguous,
         "prefix_cache_ttft_speedup": ttft_off / ttft_on,
@@ -204,7 +235,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     print(f"code-m, {n} requests, Poisson {args.rate:g} req/s, outputs {min(lens)}-{max(lens)} "
           f"tokens (mean {sum(lens) / n:.0f}, from held-out function bodies), max batch "
           f"{batch}, greedy, {torch.get_num_threads()} threads; transformers runs "
-          f"{len(subset)} random requests of the {n}, one at a time, no queueing")
+          f"{len(subset)} random requests of the {n}, one at a time, no queueing; each row: "
+          f"the median of {repeats} runs, rows alternated")
     print(f"goodput = requests/s with TTFT <= {args.slo_ttft:g} s and TPOT <= "
           f"{args.slo_tpot:g} s")
     print(format_table([_row(k, s) for k, s in summaries.items()],
@@ -235,5 +267,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
           "blocks, static's reads every row padded to its batch's longest, finished rows too")
     return {"figures": {"summaries": summaries, "prefix": {str(k): v[0] for k, v in prefix.items()},
                         "output_lengths": lens, "hf_subset": len(subset),
-                        "steps": {k: {"steps": a, "seconds": b} for k, (a, b) in steps.items()}},
-            "ratios": ratios}
+                        "steps": {k: {"steps": a, "seconds": b} for k, (a, b) in steps.items()},
+                        "repeats": repeats},
+            "ratios": ratios, "timings": timings}

@@ -53,7 +53,12 @@ def per_token_seconds(n: int = 20_000) -> float:
 
 
 def measure(model: Any, prompt: list[int], new_tokens: int, repeats: int) -> dict[str, Any]:
-    """Median seconds per call with telemetry off and on (restores the publisher after)."""
+    """Median seconds per call with telemetry off and on (restores the publisher after),
+    and each call's seconds under ``times_s``.
+
+    Alternates by hand rather than with :func:`~infer_lab.bench.interleaved_times`: the
+    switch between sides (attach, subscribe) must stay outside the timed call.
+    """
     pub, saved = telemetry.publisher, (telemetry.publisher.channel,
                                        set(telemetry.publisher.subscribers))
     channel = JsonChannel()
@@ -75,7 +80,7 @@ def measure(model: Any, prompt: list[int], new_tokens: int, repeats: int) -> dic
     off, on = statistics.median(times["off"]), statistics.median(times["on"])
     return {"off_s": off, "on_s": on, "ratio": on / off,
             "messages_per_call": len(channel.messages) / repeats,
-            "bytes_per_call": channel.bytes / repeats}
+            "bytes_per_call": channel.bytes / repeats, "times_s": times}
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -90,18 +95,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if getattr(args, "quick", False):  # the plumbing only
         args.new_tokens, args.repeats = min(args.new_tokens, 16), 1
     r = measure(model, prompt, args.new_tokens, args.repeats)
+    times = r.pop("times_s")  # reported under "timings", like every bench's repeats
     print(f"{args.model}, greedy, batch 1, {args.new_tokens} new tokens, median of "
           f"{args.repeats}, {torch.get_num_threads()} threads")
     print(f"telemetry off:             {r['off_s'] * 1e3:8.1f} ms/call")
     print(f"telemetry on (fake comm):  {r['on_s'] * 1e3:8.1f} ms/call, "
           f"{r['messages_per_call']:.1f} messages, {r['bytes_per_call'] / 1e3:.1f} kB per call")
-    per_token = per_token_seconds()
+    per_token_runs = [per_token_seconds() for _ in range(args.repeats)]
+    per_token = statistics.median(per_token_runs)
     step = r["off_s"] / args.new_tokens
     print(f"per token when on: {per_token * 1e6:.2f} us = {per_token / step:.3%} of a "
           f"{step * 1e3:.2f} ms decode step")
     print(f"telemetry_overhead: {r['ratio']:.4f}  (on / off, aim < 1.02)")
     return {"ratios": {"telemetry_overhead": r["ratio"], "per_token_fraction": per_token / step},
-            "per_token_s": per_token, **r}
+            "per_token_s": per_token, **r,
+            "timings": {"telemetry off": times["off"], "telemetry on": times["on"],
+                        "publisher per token": per_token_runs}}
 
 
 if __name__ == "__main__":  # also runnable on its own: python -m infer_lab.bench.telemetry
