@@ -234,3 +234,30 @@ def test_show_progress(capsys):
 def test_temp_files_live_next_to_the_store(tmp_home):
     progress.record("00_welcome", "weight_bytes", "passed")
     assert os.listdir(tmp_home) == ["progress.json"]
+
+
+def test_each_corrupt_file_gets_its_own_backup(tmp_home):
+    """A second (third, ...) corrupt file never overwrites the backup of the first."""
+    contents = ["{first", "[2]", "third}"]
+    for text in contents:
+        progress.progress_path().write_text(text)
+        with pytest.warns(UserWarning, match="moved to"):
+            progress.load_progress()
+    backups = [tmp_home / "progress.json.corrupt", tmp_home / "progress.json.corrupt.1",
+               tmp_home / "progress.json.corrupt.2"]
+    assert [b.read_text() for b in backups] == contents
+    assert sorted(p.name for p in tmp_home.glob("progress.json.corrupt*")) == \
+        sorted(b.name for b in backups)
+
+
+def test_backup_without_hard_links_still_never_overwrites(tmp_home, monkeypatch):
+    def no_links(src, dst):
+        raise PermissionError("hard links not supported here")
+
+    monkeypatch.setattr(progress.os, "link", no_links)
+    for text in ("{a", "{b"):
+        progress.progress_path().write_text(text)
+        with pytest.warns(UserWarning):
+            progress.load_progress()
+    assert (tmp_home / "progress.json.corrupt").read_text() == "{a"
+    assert (tmp_home / "progress.json.corrupt.1").read_text() == "{b"

@@ -306,3 +306,42 @@ def test_non_finite_weights_raise(quantize, bad):
 def test_fp16_scale_overflow_raises():
     with pytest.raises(ValueError, match="fp16"):
         quantize_q8_0(torch.full((1, 32), 1e7))
+
+
+def _tie_block() -> torch.Tensor:
+    """max|x| = 127, so d = 1 exactly and x / d is x: every .5 below is an exact tie."""
+    x = torch.zeros(1, 32)
+    x[0, :8] = torch.tensor([127.0, 0.5, -0.5, 1.5, -1.5, 2.5, -2.5, 126.5])
+    x[0, 8] = 0.49999997  # just below a tie: floor(|x| + 0.5) would wrongly give 1
+    x[0, 9] = -0.49999997
+    x[0, 10] = 3.4999998
+    return x
+
+
+def test_q8_0_rounds_ties_away_from_zero_as_llama_cpp():
+    b = quantize_q8_0(_tie_block())
+    q = b[0, 0, 2:].view(torch.int8)[:11].tolist()
+    assert q == [127, 1, -1, 2, -2, 3, -3, 127, 0, 0, 3]  # torch.round would give 0, 2, 126
+
+
+def test_q8_0_ties_byte_exact_with_gguf():
+    quants = pytest.importorskip("gguf.quants")
+    from gguf import GGMLQuantizationType as T
+    g = torch.Generator().manual_seed(5)
+    # Many ties: integer and half-integer codes against a block max of exactly 127.
+    w = torch.randint(-254, 255, (16, 256), generator=g).float() / 2
+    w[:, ::32] = 127.0
+    w = torch.cat([w, _tie_block().repeat(1, 8)])
+    ties = ((w.abs() % 1) == 0.5).sum().item()
+    assert ties > 1000
+    assert np.array_equal(quants.quantize(w.numpy(), T.Q8_0),
+                          quantize_q8_0(w).reshape(len(w), -1).numpy())
+
+
+@SETTINGS
+@given(st.floats(-200, 200, width=32))
+def test_round_half_away_matches_c_roundf(x):
+    # Python's round() is half-to-even; C's roundf (numpy has none) is half-away.
+    frac = abs(x) - math.floor(abs(x))  # exact in float64 for a float32 x
+    want = math.copysign(math.floor(abs(x)) + (1 if frac >= 0.5 else 0), x)
+    assert blocks.round_half_away(torch.tensor([x])).item() == want

@@ -47,7 +47,7 @@ class _RequestLevelBatcher:
         self.cache: KVCache | None = None
         self.records: list[StepRecord] = []
         self.num_steps = 0
-        self.num_step_faults = 0  # no fault isolation here: a step that raises stops a server
+        self.num_forward_faults = 0  # no fault isolation here: a step that raises stops a server
         self.draining = False  # no more arrivals: a partial batch may start
 
     def add_request(self, prompt: list[int], max_tokens: int, sampling: Sampling = GREEDY,

@@ -14,7 +14,8 @@ each token to its client, and a benchmark can replay arrivals between steps. Sta
 
 Faults are isolated per request. A request whose sampling raises (or whose logits are
 NaN) is aborted alone: finish_reason "error", its blocks freed, the error in its
-TokenOutput. A batched forward that raises is retried one request at a time, which
+TokenOutput. A batched forward that raises is retried one request at a time (twice
+at most each), which
 is safe because nothing of a step is committed before its forward returns (the
 scheduler's update and the prefix index run after it): the retry recomputes the same
 slots. A transient fault costs one slower step; a request that always makes the
@@ -46,6 +47,7 @@ from .sequence import Sequence
 from ..validate import token_ids
 
 log = logging.getLogger(__name__)
+ALONE_ATTEMPTS = 2  # forwards a request gets alone, after a batched one raised, to work
 
 
 @dataclass
@@ -165,7 +167,7 @@ class Engine:
         self.records: list[StepRecord] = []
         self.num_steps = 0
         self.num_request_errors = 0  # requests aborted by a fault while being served
-        self.num_step_faults = 0  # batched forwards that raised and were retried alone
+        self.num_forward_faults = 0  # forwards that raised (each was retried alone)
 
     # -- requests -----------------------------------------------------------------------
     def add_request(self, prompt: list[int], max_tokens: int, sampling: Sampling = GREEDY,
@@ -236,24 +238,29 @@ class Engine:
         """Run the step; if the batched forward raises, run each request alone.
 
         Alone, a request's forward either works (the fault was transient, or another
-        request's) or raises again, and then that request is the one that fails.
+        request's) or raises again; it gets one more try, and then that request is the
+        one that fails.
         """
         try:
             return self.runner.execute(chunks)
         except Exception as e:  # noqa: BLE001 - isolated below, request by request
-            self.num_step_faults += 1
+            self.num_forward_faults += 1
             log.warning("step %d: batched forward of %d requests raised %r; retrying "
                         "each request alone", self.num_steps, len(chunks), e)
         tokens: dict[int, int] = {}
         errors: dict[int, Exception] = {}
         for c in chunks:
-            try:
-                toks, errs = self.runner.execute([c])
-            except Exception as e:  # noqa: BLE001 - this request fails, not the engine
-                errors[c.seq.seq_id] = e
-            else:
-                tokens.update(toks)
-                errors.update(errs)
+            for attempt in range(ALONE_ATTEMPTS):
+                try:
+                    toks, errs = self.runner.execute([c])
+                except Exception as e:  # noqa: BLE001 - this request fails, not the engine
+                    self.num_forward_faults += 1
+                    errors[c.seq.seq_id] = e
+                else:
+                    errors.pop(c.seq.seq_id, None)
+                    tokens.update(toks)
+                    errors.update(errs)
+                    break
         return tokens, errors
 
     def _fail(self, seq: Sequence, error: Exception) -> Sequence:

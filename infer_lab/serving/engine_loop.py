@@ -61,8 +61,8 @@ class ServerMetrics:
         self.request_errors = Counter("infer_lab_request_errors",
                                       "requests aborted by a fault while being served",
                                       registry=r)
-        self.step_faults = Counter("infer_lab_step_faults", "batched forwards that raised "
-                                   "and were retried one request at a time", registry=r)
+        self.forward_faults = Counter("infer_lab_forward_faults", "model forwards that raised "
+                                      "(retried one request at a time)", registry=r)
         self.bad_requests = Counter("infer_lab_bad_requests", "400s (invalid request)",
                                     registry=r)
         self._window: deque[tuple[float, int]] = deque()
@@ -169,9 +169,9 @@ class EngineLoop:
         self.metrics.observe_state(self.engine)
         if not self.engine.has_unfinished():
             return
-        before, faults = self.engine.num_steps, self.engine.num_step_faults
+        before, faults = self.engine.num_steps, self.engine.num_forward_faults
         outputs = self.engine.step()
-        self.metrics.step_faults.inc(self.engine.num_step_faults - faults)
+        self.metrics.forward_faults.inc(self.engine.num_forward_faults - faults)
         if self.engine.num_steps == before:
             time.sleep(0.001)  # nothing ran: a static batcher waiting for a full batch
             return
