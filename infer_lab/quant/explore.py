@@ -151,7 +151,7 @@ def decode_tokens_per_s(models: dict[str, nn.Module], prompt: list[int], n: int,
     from ..bench.quant import decode_speeds
 
     with tqdm(total=len(models) * repeats, desc="decode timing", disable=not progress) as bar:
-        speeds = decode_speeds(models, n, repeats, prompt, bar)
+        speeds, _ = decode_speeds(models, n, repeats, prompt, bar)
     return {k: r["tokens_per_s"] for k, r in speeds.items()}
 
 
