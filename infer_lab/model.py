@@ -8,10 +8,13 @@ One class serves both block styles of :mod:`infer_lab.config`:
   x + W2 gelu(W1 x), biases everywhere.
 
 The same ``forward`` runs prefill (T tokens) and decode (T = 1), with or without a
-:class:`~infer_lab.kv_cache.KVCache`. Attention visibility is computed from token
-*positions*: key j is visible to query i iff 0 <= pos_j <= pos_i (and, with a sliding
-window, pos_i - pos_j < W). Padding slots carry position -1, so batches of prompts of
-different lengths need no other machinery.
+cache. Attention goes through the cache contract of :mod:`infer_lab.kv_cache`
+(``begin`` once per forward, ``attend`` per layer), so the model has one attention
+path whatever stores K/V: no cache (:class:`~infer_lab.kv_cache.NoCache`), the
+contiguous or ring-buffer KVCache, a quantized cache, or the serving engine's paged
+pool. Visibility is computed from token *positions*: key j is visible to query i iff
+0 <= pos_j <= pos_i (and, with a sliding window, pos_i - pos_j < W). Padding slots carry
+position -1, so batches of prompts of different lengths need no other machinery.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import ModelConfig
-from .kv_cache import KVCache
+from .kv_cache import AttentionCache, NoCache, Step, attention_mask  # noqa: F401 - re-export
 
 
 class RMSNorm(nn.Module):
@@ -78,7 +81,7 @@ class Attention(nn.Module):
         self.wo = nn.Linear(q_dim, cfg.d_model, bias=cfg.bias)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
-                mask: torch.Tensor | None, cache: KVCache | None) -> torch.Tensor:
+                cache: AttentionCache, step: Step) -> torch.Tensor:
         B, T, _ = x.shape
         # Widths from this layer's own head counts, not d_model: a head-pruned layer
         # (infer_lab.prune.structured) keeps fewer heads of the same size.
@@ -89,16 +92,8 @@ class Attention(nn.Module):
         v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        if cache is not None and cache.attends(T):
-            # The cache reads K/V where they live (the paged pool's decode, block by block).
-            y = cache.attend(self.layer, q, k, v)  # (B, H, T, D)
-        else:
-            if cache is not None:
-                k, v = cache.update(self.layer, k, v)  # (B, Hkv, S, D)
-            # GQA: each KV head serves n_head / n_kv_head query heads, without copying K/V.
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
-                                               is_causal=mask is None and T > 1,
-                                               enable_gqa=self.n_kv_head != self.n_head)
+        # The cache stores k, v and reads K/V where they live (one path for every cache).
+        y = cache.attend(self.layer, q, k, v, step)  # (B, H, T, D)
         y = y.transpose(1, 2).reshape(B, T, q_dim)  # (B, T, H * D)
         return self.wo(y)
 
@@ -128,8 +123,8 @@ class Block(nn.Module):
         self.mlp_norm = Norm(cfg.d_model, eps=cfg.norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, rope, mask, cache):
-        x = x + self.attn(self.attn_norm(x), rope, mask, cache)
+    def forward(self, x, rope, cache, step):
+        x = x + self.attn(self.attn_norm(x), rope, cache, step)
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -179,52 +174,38 @@ class Transformer(nn.Module):
         angles = torch.cat((angles, angles), dim=-1)  # (B, 1, T, D)
         return angles.cos().to(dtype), angles.sin().to(dtype)
 
-    def forward(self, idx: torch.Tensor, cache: KVCache | None = None,
+    def forward(self, idx: torch.Tensor, cache: AttentionCache | None = None,
                 pos: torch.Tensor | None = None, last_only: bool = False) -> torch.Tensor:
         """Logits for tokens ``idx`` (B, T).
 
+        cache: where K/V live (:mod:`infer_lab.kv_cache`); None attends over ``idx`` only.
         pos: absolute position of each token (B, T), -1 for left padding. Defaults to
         continuing from the cache (or 0..T-1 without one).
         last_only: return logits of the last position only (B, 1, V): prefill needs
         nothing else, and the vocabulary projection is a large share of a small model.
         """
         B, T = idx.shape
-        default_pos = pos is None
-        if default_pos:
-            start = cache.next_pos[:, None] if cache is not None else 0
-            pos = start + torch.arange(T, device=idx.device)[None, :].expand(B, T)  # (B, T)
-        if int(pos.max()) >= self.config.max_seq_len:
-            raise ValueError(f"position {int(pos.max())} exceeds the model's context of "
-                             f"{self.config.max_seq_len} tokens; shorten the prompt or "
-                             "max_new_tokens")
+        if pos is not None:  # refuse before the cache records anything
+            self._check_context(pos)
+        cache = NoCache(B, idx.device) if cache is None else cache
+        step = cache.begin(T, pos)
+        if pos is None:
+            self._check_context(step.pos)
+        pos = step.pos  # (B, T)
         x = self.tok_emb(idx)  # (B, T, C)
         if self.pos_emb is not None:
             x = x + self.pos_emb(pos.clamp(min=0))
         rope = self._rope(pos, x.dtype) if self.pos_emb is None else None
-        if cache is not None:
-            cache.begin(pos)
-            mask = None if cache.plain_causal(pos) else attention_mask(
-                pos, cache.key_positions(), cache.window)
-        elif default_pos:
-            mask = None  # plain causal attention: SDPA's fast path
-        else:
-            mask = attention_mask(pos, pos, None)
         for block in self.layers:
-            x = block(x, rope, mask, cache)
-        if cache is not None:
-            cache.end()
+            x = block(x, rope, cache, step)
         if last_only:
             x = x[:, -1:]
         return self.lm_head(self.norm(x))  # (B, T, V)
 
+    def _check_context(self, pos: torch.Tensor) -> None:
+        if int(pos.max()) >= self.config.max_seq_len:
+            raise ValueError(f"position {int(pos.max())} exceeds the model's context of "
+                             f"{self.config.max_seq_len} tokens; shorten the prompt or "
+                             "max_new_tokens")
 
-def attention_mask(qpos: torch.Tensor, kpos: torch.Tensor, window: int | None) -> torch.Tensor:
-    """Boolean mask (B, 1, Tq, Tk): True where query i may attend to key j."""
-    q = qpos[:, None, :, None]  # (B, 1, Tq, 1)
-    k = kpos[:, None, None, :]  # (B, 1, 1, Tk)
-    ok = (k >= 0) & (k <= q)
-    if window is not None:
-        ok &= (q - k) < window
-    # A padding query sees nothing; let it see everything so softmax stays finite.
-    # Its output is never used.
-    return ok | (q < 0)
+

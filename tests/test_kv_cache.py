@@ -93,8 +93,10 @@ def _forward_with_mask(model, idx, mask):
     x = model.tok_emb(idx)
     pos = torch.arange(idx.shape[1])[None]
     rope = model._rope(pos, x.dtype)
+    from infer_lab.kv_cache import NoCache, Step
+    step = Step(pos, mask)  # no memory, this mask: the reference attention
     for block in model.layers:
-        x = block(x, rope, mask, None)
+        x = block(x, rope, NoCache(1, idx.device), step)
     return model.lm_head(model.norm(x))
 
 

@@ -49,8 +49,8 @@ def _greedy_with(model, prompt, n, cache):
 def test_int8_error_is_within_half_a_step(model):
     cache = QuantizedKVCache.for_model(model, 1, 8, bits=8)
     k = torch.randn(1, 2, 3, 16)  # (B, n_kv_head, T, head_dim)
-    cache.begin(torch.arange(3)[None])
-    k_back, _ = cache.update(0, k, k)
+    step = cache.begin(3, torch.arange(3)[None])
+    k_back, _ = cache.update(0, k, k, step)
     step = k.abs().amax(-1, keepdim=True) / 127
     assert ((k_back - k).abs() <= step / 2 + 1e-3 * step).all()
 
@@ -60,8 +60,8 @@ def test_kivi_per_channel_keys_beat_per_token_on_outlier_channels(model):
     k = torch.randn(1, 2, 32, 16)
     k[..., 5] *= 30  # a key outlier channel, as KIVI observes in real models
     cache = QuantizedKVCache.for_model(model, 1, 64, bits=4, group=32)
-    cache.begin(torch.arange(32)[None])
-    k_kivi, _ = cache.update(0, k, k)
+    step = cache.begin(32, torch.arange(32)[None])
+    k_kivi, _ = cache.update(0, k, k, step)
     per_token = QuantizedKVCache.for_model(model, 1, 64, bits=4)
     q, s = per_token._encode(k, -1)
     k_tok = per_token._decode(q, s)

@@ -10,9 +10,9 @@ from infer_lab.config import ModelConfig
 from infer_lab.generate import Sampling, generate
 from infer_lab.model import Transformer
 from infer_lab.serving import (DynamicBatcher, Engine, EngineConfig, PagedKVCache,
-                               StaticBatcher, paged_attention)
-from infer_lab.serving.paged_attention import (decode_blocks, paged_decode_attention,
-                                              reference_attention)
+                               StaticBatcher)
+from infer_lab.serving.paged_attention import (decode_blocks, paged_attention,
+                                              paged_decode_attention, reference_attention)
 
 CONFIGS = {
     "llama": ModelConfig(vocab_size=97, n_layer=2, n_head=4, n_kv_head=2, d_model=32,

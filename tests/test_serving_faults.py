@@ -83,12 +83,13 @@ def run_all(engine, prompts):
 def test_a_request_whose_sampling_raises_fails_alone(model, prompts, alone):
     engine = Engine(model, EngineConfig(block_size=4, num_blocks=64))
     bad = engine.add_request([1, 2, 3], N, Sampling(temperature=1.0, seed=0))
-    bad.generator = "not a generator"  # torch.multinomial raises TypeError on it
+    engine.runner.generators[bad] = "not a generator"  # torch.multinomial raises TypeError
     seqs, errors = run_all(engine, prompts)
     assert [s.output for s in seqs] == alone
     assert bad.finish_reason == "error" and "TypeError" in bad.error
     assert [e.seq_id for e in errors] == [bad.seq_id] and errors[0].token is None
     assert engine.num_request_errors == 1
+    assert len(engine.runner.generators) == 0  # every request's stream released
     check_drained(engine)
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from ..kv_cache import KVCache
+from ..kv_cache import KVCache, KVStep
 from .primitives import pack_int4, unpack_int4
 
 
@@ -79,9 +79,10 @@ class QuantizedKVCache(KVCache):
         codes = q.float() if self.bits == 8 else unpack_int4(q).float() - 8
         return (codes * s.float()).to(self.dtype)
 
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor, step: KVStep
                ) -> tuple[torch.Tensor, torch.Tensor]:
-        start, T = self.length, k.shape[2]
+        """The storage step of :meth:`KVCache.attend`: encode k, v; decode all (B, H, S, D)."""
+        start, T = step.start, k.shape[2]
         end = start + T
         self.vq[layer, :, :, start:end], self.vs[layer, :, :, start:end] = self._encode(v, -1)
         v_all = self._decode(self.vq[layer, :, :, :end], self.vs[layer, :, :, :end])

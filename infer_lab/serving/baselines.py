@@ -27,10 +27,11 @@ from collections import deque
 
 import torch
 
-from ..generate import GREEDY, Sampling, check_decoding, check_prompts, make_generator, prefill, sample
+from ..generate import GREEDY, Sampling, check_decoding, check_prompts, prefill, sample
 from ..kv_cache import KVCache
 from ..model import Transformer
 from .engine import StepRecord, TokenOutput
+from .model_runner import Generators
 from .sequence import Sequence, Status
 
 
@@ -46,6 +47,7 @@ class _RequestLevelBatcher:
         self.batch: list[Sequence] = []
         self.cache: KVCache | None = None
         self.records: list[StepRecord] = []
+        self.generators = Generators(self.model.device)
         self.num_steps = 0
         self.num_forward_faults = 0  # no fault isolation here: a step that raises stops a server
         self.draining = False  # no more arrivals: a partial batch may start
@@ -56,7 +58,6 @@ class _RequestLevelBatcher:
         seq = Sequence(prompt, max_tokens, sampling, eos_id, arrival_time)
         seq.prompt = check_prompts(self.model, [seq.prompt], max_tokens)[0]
         check_decoding(self.model, sampling, eos_id)
-        seq.generator = make_generator(sampling, self.model.device)
         self.waiting.append(seq)
         return seq
 
@@ -66,6 +67,7 @@ class _RequestLevelBatcher:
                 if seq in self.waiting:
                     self.waiting.remove(seq)
                 seq.status, seq.finish_reason = Status.FINISHED, "abort"
+                self.generators.release(seq_id)
                 seq.finish_time = time.perf_counter()
 
     def has_unfinished(self) -> bool:
@@ -115,10 +117,11 @@ class _RequestLevelBatcher:
         for i, seq in enumerate(self.batch):
             if seq.is_finished:
                 continue  # its row still ran: the waste request-level batching pays
-            tok = int(sample(logits[i:i + 1], seq.sampling, seq.generator))
+            tok = int(sample(logits[i:i + 1], seq.sampling, self.generators[seq]))
             seq.append_token(tok, now)
             if seq.finish_reason is not None:
                 seq.status, seq.finish_time = Status.FINISHED, now
+                self.generators.release(seq.seq_id)
             outputs.append(TokenOutput(seq, tok, seq.is_finished))
         return outputs
 

@@ -20,15 +20,44 @@ from __future__ import annotations
 
 import torch
 
-from ..generate import check_logits, sample
+from ..generate import check_logits, make_generator, sample
 from ..model import Transformer
 from .paged_attention import PagedKVCache
 from .scheduler import ScheduledChunk
+from .sequence import Sequence
+
+
+class Generators:
+    """Each seeded request's own random stream, kept beside the model that samples.
+
+    Created on a request's first sample from ``sampling.seed`` (so a request draws the
+    same tokens whatever else is batched with it), kept across preemption, dropped with
+    :meth:`release` when the request ends. The requests themselves stay plain data.
+    """
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self._streams: dict[int, torch.Generator | None] = {}
+
+    def __getitem__(self, seq: Sequence) -> torch.Generator | None:
+        if seq.seq_id not in self._streams:
+            self._streams[seq.seq_id] = make_generator(seq.sampling, self.device)
+        return self._streams[seq.seq_id]
+
+    def __setitem__(self, seq: Sequence, gen: object) -> None:
+        self._streams[seq.seq_id] = gen  # type: ignore[assignment] - tests inject faults
+
+    def release(self, seq_id: int) -> None:
+        self._streams.pop(seq_id, None)
+
+    def __len__(self) -> int:
+        return len(self._streams)
 
 
 class ModelRunner:
     def __init__(self, model: Transformer, cache: PagedKVCache):
         self.model, self.cache = model, cache
+        self.generators = Generators(model.device)
         self.num_forwards = 0
 
     @torch.inference_mode()
@@ -61,15 +90,14 @@ class ModelRunner:
                 toks = c.seq.tokens[c.start:c.start + c.num_tokens]
             rows.append([0] * (T - len(toks)) + toks)
         idx = torch.tensor(rows, dtype=torch.long, device=self.cache.device)  # (B, T)
-        pos = self.cache.prepare([c.seq.block_table for c in chunks],
-                                 [c.start for c in chunks],
-                                 [c.num_tokens for c in chunks], T)
-        logits = self.model(idx, self.cache, pos, last_only=True)[:, -1]  # (B, V)
+        batch = self.cache.prepare([c.seq.block_table for c in chunks],
+                                   [c.start for c in chunks],
+                                   [c.num_tokens for c in chunks], T)
+        logits = self.model(idx, batch, batch.pos, last_only=True)[:, -1]  # (B, V)
         self.num_forwards += 1
         return self._sample(chunks, logits)
 
-    @staticmethod
-    def _sample(chunks: list[ScheduledChunk], logits: torch.Tensor
+    def _sample(self, chunks: list[ScheduledChunk], logits: torch.Tensor
                 ) -> tuple[dict[int, int], dict[int, Exception]]:
         rows = [i for i, c in enumerate(chunks) if c.samples]  # mid-prompt chunks don't
         out: dict[int, int] = {}
@@ -88,13 +116,14 @@ class ModelRunner:
         rows = [i for i in rows if not bad[i]]
         greedy = [i for i in rows if chunks[i].seq.sampling.greedy]
         if greedy:  # one argmax for the whole batch
-            toks = logits[greedy].argmax(-1).tolist()
+            toks = sample(logits[greedy]).tolist()
             out.update((chunks[i].seq.seq_id, t) for i, t in zip(greedy, toks))
         for i in rows:
             seq = chunks[i].seq
             if not seq.sampling.greedy:
                 try:
-                    out[seq.seq_id] = int(sample(logits[i:i + 1], seq.sampling, seq.generator))
+                    out[seq.seq_id] = int(sample(logits[i:i + 1], seq.sampling,
+                                                 self.generators[seq]))
                 except Exception as e:  # noqa: BLE001 - this request's fault, not the batch's
                     errors[seq.seq_id] = e
         return out, errors

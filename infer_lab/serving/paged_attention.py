@@ -18,18 +18,23 @@ Two ways to read the pool, both exact:
   softmax). Nothing is padded to the longest sequence of the batch, so a step reads
   each sequence's K/V about once, one contiguous copy per block rather than one per slot.
 
-:class:`PagedKVCache` speaks the cache interface :class:`~infer_lab.model.Transformer`
-calls (``begin``, ``plain_causal``, ``key_positions``, ``update``, ``attends``,
-``attend``, ``end``), so the model runs a batch of sequences of different lengths,
-each with its own block table, without knowing the cache is paged.
+:class:`PagedKVCache` is the pool. For each forward, ``pool.prepare(...)`` returns a
+:class:`PagedBatch`, that forward's view of the pool (the rows' block tables and what
+to read), which speaks the cache contract of :mod:`infer_lab.kv_cache` (``begin``,
+``attend``), so the model runs a batch of sequences of different lengths, each with its
+own block table, without knowing the cache is paged. Which of the two reads a layer
+uses is the view's decision, not the model's.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from ..kv_cache import Step, attention_mask, sdpa
 
 
 def slot_mapping(block_tables: torch.Tensor, positions: torch.Tensor,
@@ -129,13 +134,23 @@ def paged_decode_attention(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.
     return (out / denom[..., None]).view(B, H, D)
 
 
+@dataclass
+class PagedStep(Step):
+    """One forward over the pool: where the new tokens go, and what attention reads."""
+
+    valid: torch.Tensor  # (B, T) True for a real token, False for left padding
+    write: torch.Tensor  # (N,) pool slot of each real new token
+    read: torch.Tensor | None  # (B, S) slots to gather (a longer chunk), or None
+    blocks: dict[str, torch.Tensor] | None  # decode_blocks() of a decode, or None
+
+
 class PagedKVCache:
-    """A pool of KV blocks for every layer, plus the block tables of the current forward.
+    """A pool of KV blocks for every layer; ``prepare`` makes each forward's view.
 
     Usage, once per forward (the engine's model runner does this)::
 
-        pos = cache.prepare(block_tables, starts, num_new, T)   # (B, T), -1 = padding
-        logits = model(idx, cache, pos)
+        batch = cache.prepare(block_tables, starts, num_new, T)
+        logits = model(idx, batch, batch.pos)
 
     Row b computes tokens at positions starts[b] .. starts[b] + num_new[b] - 1, left-
     padded to T columns; their K/V are written to the row's blocks, and attention reads
@@ -143,8 +158,6 @@ class PagedKVCache:
     one token per row (decode) reads the blocks in place (:func:`paged_decode_attention`);
     a longer one gathers them (masks come from positions, padding keys get -1).
     """
-
-    window = None  # the paged cache keeps every position (no sliding window)
 
     def __init__(self, n_layer: int, num_blocks: int, block_size: int, n_kv_head: int,
                  head_dim: int, dtype: torch.dtype = torch.float32,
@@ -154,9 +167,6 @@ class PagedKVCache:
         self.k = torch.zeros(shape, dtype=dtype, device=device)  # (L, blocks, H_kv, bs, D)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.device = self.k.device
-        self.next_pos = torch.zeros(0, dtype=torch.long, device=self.device)
-        self._meta: dict[str, torch.Tensor] | None = None
-        self._decode = self._plain = False
         # Decode copies a step's blocks here, one layer at a time; reused across layers
         # and steps. A block shared by r rows (a common prefix) is read r times, so a step
         # can read more blocks than the pool holds: the workspace grows to the largest
@@ -185,10 +195,18 @@ class PagedKVCache:
         self.k[layer, blk, :, off] = k
         self.v[layer, blk, :, off] = v
 
-    # -- set up by the runner before each forward ----------------------------------------
+    def workspace(self, num_blocks: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scratch for a decode that reads ``num_blocks`` blocks (rows x own blocks)."""
+        have = 0 if self._workspace is None else len(self._workspace[0])
+        if num_blocks > have:
+            n = max(num_blocks, 2 * have, self.num_blocks)
+            shape = (n, *self.k.shape[2:])  # (n, H_kv, bs, D)
+            self._workspace = (self.k.new_empty(shape), self.v.new_empty(shape))
+        return self._workspace
+
     def prepare(self, block_tables: list[list[int]], starts: list[int], num_new: list[int],
-                T: int) -> torch.Tensor:
-        """Metadata for one forward; returns the positions (B, T) to pass to the model."""
+                T: int) -> "PagedBatch":
+        """The view of the pool for one forward (its positions are ``.pos``, (B, T))."""
         bs, dev = self.block_size, self.device
         ends = [s + n for s, n in zip(starts, num_new)]
         width = -(-max(ends) // bs)
@@ -199,71 +217,54 @@ class PagedKVCache:
         pos = torch.tensor([[-1] * (T - n) + list(range(s, s + n))
                             for s, n in zip(starts, num_new)], dtype=torch.long)
         valid = pos >= 0  # (B, T)
-        self._meta = {"pos": pos.to(dev), "valid": valid.to(dev), "ends": torch.tensor(ends),
-                      "write": slot_mapping(tables, pos.clamp(min=0), bs)[valid].to(dev)}
-        self._decode = T == 1
-        if self._decode:
-            self._meta.update(decode_blocks(block_tables, ends, bs, dev))
-        else:
-            S = max(ends)
-            kpos = torch.arange(S).expand(len(ends), S).clone()  # (B, S)
-            kpos[kpos >= torch.tensor(ends)[:, None]] = -1
-            self._meta["kpos"] = kpos.to(dev)
-            self._meta["read"] = slot_mapping(tables, kpos.clamp(min=0), bs).to(dev)
-            # SDPA's own causal rule is exact for a lone prompt that starts from nothing.
-            self._plain = len(ends) == 1 and starts[0] == 0 and num_new[0] == T
-        return self._meta["pos"]
+        write = slot_mapping(tables, pos.clamp(min=0), bs)[valid].to(dev)
+        pos, valid = pos.to(dev), valid.to(dev)
+        if T == 1:  # a decode: block by block, no mask (each row sees its own blocks)
+            step = PagedStep(pos, None, valid, write, None,
+                             decode_blocks(block_tables, ends, bs, dev))
+            return PagedBatch(self, step)
+        S = max(ends)
+        kpos = torch.arange(S).expand(len(ends), S).clone()  # (B, S)
+        kpos[kpos >= torch.tensor(ends)[:, None]] = -1
+        read = slot_mapping(tables, kpos.clamp(min=0), bs).to(dev)
+        # SDPA's own causal rule is exact for a lone prompt that starts from nothing.
+        plain = len(ends) == 1 and starts[0] == 0 and num_new[0] == T
+        mask = None if plain else attention_mask(pos, kpos.to(dev), None)
+        return PagedBatch(self, PagedStep(pos, mask, valid, write, read, None))
 
-    # -- the cache interface Transformer.forward calls -----------------------------------
-    def begin(self, pos: torch.Tensor) -> None:
-        if self._meta is None or pos.shape != self._meta["pos"].shape:
-            raise RuntimeError("call PagedKVCache.prepare() before each forward and pass "
-                               "its positions to the model")
 
-    def plain_causal(self, pos: torch.Tensor) -> bool:
-        return self._decode or self._plain  # a decode builds no mask: attend() needs none
+class PagedBatch:
+    """One forward's view of a :class:`PagedKVCache`: the cache contract over the pool."""
 
-    def key_positions(self) -> torch.Tensor:
-        """Positions of the keys each row attends over (B, S), -1 for padding."""
-        return self._meta["kpos"]
+    def __init__(self, pool: PagedKVCache, step: PagedStep):
+        self.pool, self.step = pool, step
 
-    def attends(self, T: int) -> bool:
-        """True when this forward's attention runs in :meth:`attend` (a decode)."""
-        return self._decode
+    @property
+    def pos(self) -> torch.Tensor:
+        return self.step.pos
 
-    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
-               ) -> torch.Tensor:
-        """Decode: write k, v (B, H_kv, 1, D), attend q (B, H, 1, D) over the blocks."""
-        m = self._meta
-        self.write(layer, m["write"], k[:, :, 0], v[:, :, 0])
-        out = paged_decode_attention(q[:, :, 0], self.k[layer], self.v[layer], m["blocks"],
-                                     m["rows"], m["bias"],
-                                     self.workspace(len(m["blocks"])))  # (B, H, D)
-        return out[:, :, None]  # (B, H, 1, D)
+    def begin(self, T: int, pos: torch.Tensor | None) -> PagedStep:
+        if pos is None or pos.shape != self.step.pos.shape:
+            raise ValueError("a PagedBatch serves the forward it was prepared for: pass "
+                             "its .pos to the model")
+        return self.step
 
-    def workspace(self, num_blocks: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Scratch for a decode that reads ``num_blocks`` blocks (rows x own blocks)."""
-        have = 0 if self._workspace is None else len(self._workspace[0])
-        if num_blocks > have:
-            n = max(num_blocks, 2 * have, self.num_blocks)
-            shape = (n, *self.k.shape[2:])  # (n, H_kv, bs, D)
-            self._workspace = (self.k.new_empty(shape), self.v.new_empty(shape))
-        return self._workspace
-
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write the new k, v (B, H_kv, T, D) into their slots; gather (B, H_kv, S, D)."""
-        m = self._meta
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               step: PagedStep) -> torch.Tensor:
+        """Write k, v (B, H_kv, T, D) into their slots, then attend q (B, H, T, D)."""
+        pool = self.pool
         # Only real tokens are written: padding must never overwrite another row's slot.
-        self.write(layer, m["write"], k.transpose(1, 2)[m["valid"]],
-                   v.transpose(1, 2)[m["valid"]])  # (N, H_kv, D)
-        k_all = gather_slots(self.k[layer], m["read"]).transpose(1, 2)  # (B, H_kv, S, D)
-        v_all = gather_slots(self.v[layer], m["read"]).transpose(1, 2)
-        return k_all, v_all
-
-    def end(self) -> None:
-        self.next_pos = self._meta["ends"].to(self.device)  # (B,)
-        self._meta = None
+        pool.write(layer, step.write, k.transpose(1, 2)[step.valid],
+                   v.transpose(1, 2)[step.valid])  # (N, H_kv, D)
+        if step.blocks is not None:  # decode: each row's own blocks, read in place
+            b = step.blocks
+            out = paged_decode_attention(q[:, :, 0], pool.k[layer], pool.v[layer],
+                                         b["blocks"], b["rows"], b["bias"],
+                                         pool.workspace(len(b["blocks"])))  # (B, H, D)
+            return out[:, :, None]  # (B, H, 1, D)
+        k_all = gather_slots(pool.k[layer], step.read).transpose(1, 2)  # (B, H_kv, S, D)
+        v_all = gather_slots(pool.v[layer], step.read).transpose(1, 2)
+        return sdpa(q, k_all, v_all, step.mask)
 
 
 def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

@@ -13,6 +13,9 @@ prompt), a chunk of a prefill (n < prompt) and decode (n = 1, the token just sam
 are one operation. Preemption by recomputation is ``num_computed_tokens = 0``: the
 prompt *and* the output so far are prefilled again later (Kwon et al. 2023, §4.5).
 
+Plain Python, no torch (the scheduler and block manager import this): a seeded
+request's random stream lives with the model runner that samples it.
+
 Timings follow :mod:`infer_lab.metrics`: TTFT = first token - arrival,
 TPOT = (last token - first token) / (n - 1).
 """
@@ -23,8 +26,6 @@ import itertools
 import time
 from dataclasses import dataclass, field
 from enum import Enum
-
-import torch
 
 from ..sampling import GREEDY, Sampling
 from ..validate import integer
@@ -63,7 +64,6 @@ class Sequence:
     first_token_time: float | None = None
     token_times: list[float] = field(default_factory=list)
     finish_time: float | None = None
-    generator: torch.Generator | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.prompt = list(self.prompt)
