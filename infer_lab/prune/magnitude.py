@@ -8,9 +8,10 @@ that a fraction ``s`` (the sparsity) of the weights is removed, either
 * per layer: each linear layer loses exactly the fraction ``s`` of its own weights.
 
 Prunable = every ``nn.Linear`` except a ``lm_head`` tied to the token embedding (pruning
-it would also prune the embedding). The matrices keep their shape: zeros cost a dense
-matmul the same time as any other number, so this saves no time by itself (it needs a
-sparse kernel or a sparse storage format to pay off).
+it would also prune the embedding): :func:`infer_lab.surgery.linears` with nothing
+skipped by name, so an untied head is pruned like any other matrix. The matrices keep
+their shape: zeros cost a dense matmul the same time as any other number, so this saves
+no time by itself (it needs a sparse kernel or a sparse storage format to pay off).
 """
 
 from __future__ import annotations
@@ -18,12 +19,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..quant.apply import _linears, _tied
+from ..surgery import linears
 
 
 def prunable_linears(model: nn.Module) -> dict[str, nn.Linear]:
     """Name -> nn.Linear for every linear layer except tied ones (the zoo's lm_head)."""
-    return {n: m for n, m in _linears(model).items() if not _tied(model, n, m)}
+    return linears(model, skip=())
 
 
 def _check_sparsity(sparsity: float) -> None:

@@ -12,13 +12,16 @@ matrices (and the matmuls) genuinely shrink, on any hardware.
 * Whole layers (ShortGPT, Men et al. 2024): the residual stream lets a block be skipped.
 
 Every layer keeps the same width, so one config describes the model and the usual
-forward, ``generate`` and KV cache run on it. Which units go is decided by the scores
+forward, ``generate`` and KV cache run on it. The new config is built with
+``dataclasses.replace`` and is all there is to know: fewer heads of the same size show
+as ``n_head * head_dim < d_model``. Which units go is decided by the scores
 of :mod:`infer_lab.prune.importance` (lowest first, per layer).
 """
 
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
 import torch
 from torch import nn
@@ -29,14 +32,6 @@ from .importance import Score, head_scores, layer_scores, mlp_scores
 def _check_fraction(fraction: float) -> None:
     if not 0 <= fraction < 1:
         raise ValueError(f"fraction must be in [0, 1) (the share removed), got {fraction}")
-
-
-def _config_with(cfg, **changes):
-    """A copy of the config with fields changed, without re-deriving head_dim."""
-    cfg = copy.copy(cfg)
-    for k, v in changes.items():
-        setattr(cfg, k, v)
-    return cfg
 
 
 def _sub_linear(lin: nn.Linear, rows: torch.Tensor | None = None,
@@ -70,7 +65,7 @@ def shrink_mlp(model: nn.Module, keep: torch.Tensor) -> nn.Module:
         if m.w3 is not None:
             m.w3 = _sub_linear(m.w3, rows=idx)  # (d_ff', d)
         m.w2 = _sub_linear(m.w2, cols=idx)  # (d, d_ff')
-    new.config = _config_with(model.config, d_ff=int(keep.shape[1]))
+    new.config = replace(model.config, d_ff=int(keep.shape[1]))
     return new
 
 
@@ -98,7 +93,6 @@ def shrink_heads(model: nn.Module, keep_q: torch.Tensor, keep_kv: torch.Tensor) 
     """A copy of ``model`` whose layer l keeps query heads ``keep_q[l]`` and KV heads
     ``keep_kv[l]`` (each KV head's surviving query heads listed together, in order)."""
     new = copy.deepcopy(model)
-    H = model.config.n_head
     for block, q_idx, kv_idx in zip(new.layers, keep_q, keep_kv):
         a = block.attn
         D, Hkv = a.head_dim, a.n_kv_head
@@ -108,11 +102,17 @@ def shrink_heads(model: nn.Module, keep_q: torch.Tensor, keep_kv: torch.Tensor) 
         # linears for their kept rows / columns and set the head counts.
         a.wqkv, a.wo = _sub_linear(a.wqkv, rows=rows), _sub_linear(a.wo, cols=_rows(q_idx, D))
         a.n_head, a.n_kv_head = len(q_idx), len(kv_idx)
-    # Fewer heads of the same size: the config keeps head_dim explicitly.
-    new.config = _config_with(model.config, n_head=int(keep_q.shape[1]),
-                              n_kv_head=int(keep_kv.shape[1]), head_dim=D)
-    new.heads_kept = {"n_head": int(keep_q.shape[1]), "of": H}
+    # Fewer heads of the same size: the config keeps head_dim explicitly (replace passes
+    # it on, so __post_init__ does not re-derive it from d_model / n_head).
+    new.config = replace(model.config, n_head=int(keep_q.shape[1]),
+                         n_kv_head=int(keep_kv.shape[1]), head_dim=D)
     return new
+
+
+def heads_pruned(config) -> bool:
+    """Whether a config describes a head-pruned model: its heads no longer fill d_model
+    (an unpruned model has n_head * head_dim == d_model, which loading checks)."""
+    return config.n_head * config.head_dim < config.d_model
 
 
 def prune_heads(model: nn.Module, fraction: float, score: Score = "activation",
@@ -125,7 +125,7 @@ def prune_heads(model: nn.Module, fraction: float, score: Score = "activation",
     with multi-head attention (where every head is its own group).
     """
     _check_fraction(fraction)
-    if getattr(model, "heads_kept", None) is not None:
+    if heads_pruned(model.config):
         raise ValueError("heads are already pruned; prune the original model")
     cfg = model.config
     rep = cfg.n_head // cfg.n_kv_head
@@ -168,7 +168,7 @@ def drop_layers(model: nn.Module, n_or_indices: int | list[int], score: Score = 
     for i, b in enumerate(kept):
         b.attn.layer = i  # the KV cache is indexed by the block's new position
     new.layers = nn.ModuleList(kept)
-    new.config = _config_with(model.config, n_layer=len(kept))
+    new.config = replace(model.config, n_layer=len(kept))
     return new
 
 

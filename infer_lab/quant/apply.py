@@ -13,11 +13,11 @@ estimates the same ranking from Hessian traces instead, without the extra forwar
 
 from __future__ import annotations
 
-import fnmatch
 from dataclasses import dataclass, field, replace
 
 from torch import nn
 
+from ..surgery import DEFAULT_SKIP, linears, matches, set_module, tied
 from .int4 import Int4Linear
 from .int8 import Int8Linear
 from .primitives import Granularity, check_bits, check_weight
@@ -29,10 +29,12 @@ class Scheme:
 
     overrides: module-name glob -> Scheme to use instead, or None to keep that layer in
         full precision. The first matching pattern (in dict order) wins.
-    skip: globs of layers never quantized. ``lm_head`` by default: in the zoo models it
-        is tied to the token embedding, so a quantized copy would *add* bytes (the
-        embedding stays in fp32 for the lookup), and the vocabulary projection is
-        also the most sensitive layer of small models.
+    skip: globs of layers never quantized, :data:`infer_lab.surgery.DEFAULT_SKIP`
+        (``lm_head``) by default: in the zoo models it is tied to the token embedding, so
+        a quantized copy would *add* bytes (the embedding stays in fp32 for the lookup),
+        and the vocabulary projection is also the most sensitive layer of small models.
+    Globs follow :mod:`infer_lab.surgery`'s one rule: a pattern names a module and
+    everything inside it (``"layers.0"`` is the whole first block).
     """
 
     bits: int = 8
@@ -40,7 +42,7 @@ class Scheme:
     group_size: int | None = None
     symmetric: bool = True
     overrides: dict[str, Scheme | None] = field(default_factory=dict)
-    skip: tuple[str, ...] = ("lm_head",)
+    skip: tuple[str, ...] = DEFAULT_SKIP
 
     def __post_init__(self) -> None:
         check_bits(self.bits)
@@ -54,10 +56,10 @@ class Scheme:
 
     def for_module(self, name: str) -> Scheme | None:
         """The scheme for the module called ``name``; None to leave it unquantized."""
-        if any(fnmatch.fnmatchcase(name, pat) for pat in self.skip):
+        if matches(name, self.skip):
             return None
         for pat, sub in self.overrides.items():
-            if fnmatch.fnmatchcase(name, pat):
+            if matches(name, (pat,)):
                 return sub
         return self
 
@@ -91,22 +93,6 @@ def quantize_linear(linear: nn.Linear, scheme: Scheme) -> nn.Module:
     return cls.from_linear(linear, scheme.granularity, scheme.group_size, scheme.symmetric)
 
 
-def _linears(model: nn.Module) -> dict[str, nn.Linear]:
-    return {n: m for n, m in model.named_modules() if type(m) is nn.Linear}
-
-
-def _tied(model: nn.Module, name: str, linear: nn.Linear) -> bool:
-    """Whether this linear's weight is also some other module's parameter."""
-    ptr = linear.weight.data_ptr()
-    return any(p.data_ptr() == ptr and not pn.startswith(name + ".")
-               for pn, p in model.named_parameters(remove_duplicate=False))
-
-
-def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, module)
-
-
 def quantize_model(model: nn.Module, scheme: Scheme | str = "int8",
                    only: list[str] | None = None) -> nn.Module:
     """Replace the model's nn.Linear layers by quantized ones, **in place**; returns it.
@@ -126,11 +112,13 @@ def quantize_model(model: nn.Module, scheme: Scheme | str = "int8",
         raise ValueError("model is already quantized; quantize the original (fp) model, "
                          "not a quantized one: re-quantizing compounds the rounding error")
     plan = {}
-    for name, linear in _linears(model).items():
+    # Tied layers are listed only to refuse them: the scheme asked for them by not
+    # skipping them, and silently leaving them would hide that.
+    for name, linear in linears(model, scheme.skip, keep_tied=True).items():
         sub = scheme.for_module(name)
         if sub is None or (only is not None and name not in only):
             continue
-        if _tied(model, name, linear):
+        if tied(model, name):
             raise ValueError(f"{name}.weight is tied to another parameter (e.g. the token "
                              f"embedding); add {name!r} to the scheme's skip")
         try:  # quantize every layer before swapping any: an error leaves the model as is
@@ -138,7 +126,7 @@ def quantize_model(model: nn.Module, scheme: Scheme | str = "int8",
         except ValueError as e:
             raise ValueError(f"{name}: {e} (set an override for this layer)") from e
     for name, module in plan.items():
-        _set_module(model, name, module)
+        set_module(model, name, module)
     return model
 
 
@@ -185,8 +173,7 @@ def sensitivity_scan(model: nn.Module, tokenizer, text: str, scheme: Scheme | st
                           progress=False).ppl
 
     baseline = ppl()
-    names = [n for n, lin in _linears(model).items()
-             if scheme.for_module(n) is not None and not _tied(model, n, lin)]
+    names = [n for n in linears(model, scheme.skip) if scheme.for_module(n) is not None]
     out = {}
     for name in tqdm(names, desc="sensitivity", disable=not progress):
         original = model.get_submodule(name)
@@ -194,5 +181,5 @@ def sensitivity_scan(model: nn.Module, tokenizer, text: str, scheme: Scheme | st
         try:
             out[name] = ppl()
         finally:
-            _set_module(model, name, original)
+            set_module(model, name, original)
     return Sensitivity(baseline, out)

@@ -29,13 +29,12 @@ so decoding needs nothing but the bytes.
 
 from __future__ import annotations
 
-import re
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from infer_lab.quant.primitives import check_weight, pack_int4, unpack_int4
+from infer_lab.surgery import block_index
 
 Q8_0_BLOCK, Q8_0_BYTES = 32, 34
 QK_K, Q4_K_SUB, Q4_K_BYTES = 256, 32, 144
@@ -233,14 +232,14 @@ def q4_k_m_assignment(names: list[str], n_layers: int,
     higher format is Q8_0 (this package has no Q6_K), and since our attention fuses
     q, k and v into ``wqkv`` the whole fused projection is promoted. ``sensitive`` and
     ``always_high`` are the last components of module names (``layers.3.mlp.w2`` ->
-    ``w2``); the layer index comes from the ``layers.<i>.`` component.
+    ``w2``); the layer index comes from the ``layers.<i>.`` component
+    (:func:`infer_lab.surgery.block_index`).
     """
     out = {}
     for name in names:
         leaf = name.rsplit(".", 1)[-1]
-        match = re.search(r"(?:^|\.)layers\.(\d+)\.", name)
+        layer = block_index(name)
         promote = leaf in always_high or (
-            leaf in sensitive and match is not None
-            and use_more_bits(int(match.group(1)), n_layers))
+            leaf in sensitive and layer is not None and use_more_bits(layer, n_layers))
         out[name] = high if promote else low
     return out

@@ -16,7 +16,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from .apply import _linears, _set_module, _tied, is_quantized
+from ..surgery import DEFAULT_SKIP, block_index, linears, set_module
+from .apply import is_quantized
 
 
 def calibration_ids(tokenizer, n_seq: int = 64, seq_len: int = 256,
@@ -67,18 +68,17 @@ def collect_inputs(model: nn.Module, calib_ids: torch.Tensor, names: list[str],
 def quantize_blockwise(model: nn.Module, calib_ids: torch.Tensor,
                        make: Callable[[str, nn.Linear, torch.Tensor], nn.Module],
                        group_size: int | None = None,
-                       skip: tuple[str, ...] = ("lm_head",)) -> nn.Module:
+                       skip: tuple[str, ...] = DEFAULT_SKIP) -> nn.Module:
     """Swap each eligible nn.Linear for ``make(name, linear, inputs)``, block by block.
 
     Blocks are ``model.layers[i]``; each block's inputs are collected after the blocks
-    before it were swapped. Tied weights (the lm_head) and ``skip`` are left alone.
+    before it were swapped. Tied weights (the lm_head) and ``skip`` (globs, the rule of
+    :func:`infer_lab.surgery.linears`) are left alone.
     group_size is checked against every layer first, so a bad one fails before any swap.
     """
     if is_quantized(model):
         raise ValueError("model is already quantized; calibrate the fp model")
-    names = [n for n, lin in _linears(model).items()
-             if not any(n == s or n.startswith(s + ".") for s in skip)
-             and not _tied(model, n, lin)]
+    names = list(linears(model, skip))
     for n in names:
         cols = model.get_submodule(n).in_features
         if group_size is not None and (not isinstance(group_size, int) or group_size <= 0
@@ -86,7 +86,7 @@ def quantize_blockwise(model: nn.Module, calib_ids: torch.Tensor,
             raise ValueError(f"{n}: group_size {group_size!r} must be a positive divisor "
                              f"of in_features {cols}")
     n_blocks = len(model.layers) if hasattr(model, "layers") else 0
-    groups = [[n for n in names if n.startswith(f"layers.{i}.")] for i in range(n_blocks)]
+    groups = [[n for n in names if block_index(n) == i] for i in range(n_blocks)]
     rest = [n for n in names if not any(n in g for g in groups)]
     for group in [*groups, rest]:
         if not group:
@@ -94,5 +94,5 @@ def quantize_blockwise(model: nn.Module, calib_ids: torch.Tensor,
         xs = collect_inputs(model, calib_ids, group)
         new = {n: make(n, model.get_submodule(n), xs.pop(n)) for n in group}
         for n, m in new.items():
-            _set_module(model, n, m)
+            set_module(model, n, m)
     return model

@@ -24,7 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .apply import SCHEMES, _linears, _set_module, _tied, quantize_model
+from ..surgery import linears, set_module
+from .apply import SCHEMES, quantize_model
 from .awq import awq_quantize_model
 from .gptq import gptq_quantize_model
 
@@ -35,16 +36,16 @@ class Unavailable(Exception):
 
 # -- building the quantized models ----------------------------------------------------------
 def eligible(model: nn.Module) -> dict[str, nn.Linear]:
-    """The linear layers every scheme quantizes: all but the tied lm_head."""
-    return {n: m for n, m in _linears(model).items()
-            if n != "lm_head" and not _tied(model, n, m)}
+    """The linear layers every scheme quantizes: :func:`infer_lab.surgery.linears` with its
+    default skip, i.e. all but the lm_head (and anything tied)."""
+    return linears(model)
 
 
 def swap(model: nn.Module, make: Callable[[str, nn.Linear], nn.Module]) -> nn.Module:
     """A copy of ``model`` with each eligible linear replaced by ``make(name, linear)``."""
     model = copy.deepcopy(model)
     for name, linear in eligible(model).items():
-        _set_module(model, name, make(name, linear))
+        set_module(model, name, make(name, linear))
     return model
 
 

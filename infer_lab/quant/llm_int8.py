@@ -19,7 +19,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .apply import _linears, _set_module, is_quantized
+from ..surgery import DEFAULT_SKIP, linears, set_module
+from .apply import is_quantized
 from .primitives import check_weight
 
 THRESHOLD = 6.0
@@ -118,14 +119,15 @@ def activation_outliers(model: nn.Module, idx: torch.Tensor,
 
 
 def llm_int8_model(model: nn.Module, threshold: float = THRESHOLD,
-                   skip: tuple[str, ...] = ("lm_head",)) -> nn.Module:
-    """Swap every nn.Linear (except ``skip``, e.g. a tied head) for LLMInt8Linear, in place."""
+                   skip: tuple[str, ...] = DEFAULT_SKIP) -> nn.Module:
+    """Swap every nn.Linear for LLMInt8Linear, in place, but ``skip`` (globs) and tied
+    weights: :func:`infer_lab.surgery.linears`' rule."""
     if is_quantized(model):
         raise ValueError("model is already quantized: quantize the original weights instead")
-    targets = {n: m for n, m in _linears(model).items() if n.split(".")[-1] not in skip}
+    targets = linears(model, skip)
     new = {n: LLMInt8Linear.from_linear(m, threshold) for n, m in targets.items()}  # all or none
     for name, q in new.items():
-        _set_module(model, name, q)
+        set_module(model, name, q)
     return model
 
 
