@@ -29,7 +29,10 @@ import infer_lab
 from infer_lab.config import ModelConfig
 from infer_lab.model import Transformer
 from infer_lab.serving import Engine, EngineConfig
-from infer_lab.serving.server import FIELDS, ServerThread, build_app
+from infer_lab.serving.schema import CompletionRequest
+from infer_lab.serving.server import ServerThread, build_app
+
+FIELDS = tuple(CompletionRequest.model_fields)
 
 CTX = 48
 

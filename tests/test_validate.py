@@ -261,3 +261,12 @@ def test_block_quantizers_answer_or_refuse_clearly(w):
             fn(w)
         except ValueError as e:
             assert str(e)
+
+
+@pytest.mark.parametrize("top_p", [3.7e-129, 1e-45, 1e-8])
+def test_a_tiny_top_p_keeps_the_most_likely_token(top_p):
+    """Found by the server fuzz: top_p = 3.7e-129 rounds to 0.0 in float32 and dropped
+    every token (0 / 0 = NaN, then torch.multinomial raised)."""
+    logits = torch.tensor([[0.5, 3.0, 1.0]])
+    p = logits_to_probs(logits, Sampling(temperature=1.0, top_p=top_p))
+    assert p.tolist() == [[0.0, 1.0, 0.0]]
