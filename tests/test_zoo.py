@@ -4,12 +4,15 @@ import ast
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 import infer_lab
 from infer_lab.zoo import WEIGHTS_DIR, ZOO, model_card
 from infer_lab.zoo import data
+from infer_lab.zoo.loop import (Checkpoint, Run, TrainConfig, adamw, next_token_loss, resume,
+                                train_loop)
 from infer_lab.zoo.card import SAMPLE_PROMPT
 
 
@@ -89,3 +92,52 @@ def test_completes_read_config_with_python(name):
     else:
         pytest.fail(f"no prefix of the completion parses:\n{text}")
     assert cut >= 2
+
+
+
+# -- the one training loop (zoo.loop), shared with distillation ---------------------------------
+TINY_TC = TrainConfig(steps=8, batch_size=2, seq_len=16, lr=1e-2, min_lr=1e-3, warmup=2,
+                      eval_every=4, eval_tokens=128, bf16=False)
+
+
+def _tiny_run(seed=0) -> Run:
+    torch.manual_seed(seed)
+    model = infer_lab.Transformer(infer_lab.ModelConfig(vocab_size=64, n_layer=2, n_head=2,
+                                                        d_model=32, d_ff=64, max_seq_len=64))
+    return Run(model, adamw(model.named_parameters(), TINY_TC), torch.Generator().manual_seed(0))
+
+
+def _stream() -> np.ndarray:
+    rng = np.random.RandomState(0)
+    phrases = rng.randint(0, 64, (8, 6))
+    return np.concatenate([phrases[i] for i in rng.randint(0, 8, 500)]).astype(np.uint16)
+
+
+def test_train_loop_resumes_to_the_weights_of_an_uninterrupted_run(tmp_path):
+    ids = _stream()
+    full = _tiny_run()
+    state = train_loop(full, next_token_loss, TINY_TC, ids, ids, progress=False)
+    assert [h["step"] for h in state["history"]] == [4, 8] and state["step"] == 8
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_4(step, entry):
+        if step == 4:
+            raise Stop
+
+    ckpt = Checkpoint(tmp_path / "ckpt.pt", every_minutes=0.0,  # every step, by the clock
+                      extra=lambda: {"note": "kept"})
+    with pytest.raises(Stop):
+        train_loop(_tiny_run(), next_token_loss, TINY_TC, ids, ids, ckpt, on_eval=stop_at_4,
+                   progress=False)
+    assert not list(tmp_path.glob("*.partial*"))  # written atomically: no leftovers
+    again, seen = _tiny_run(seed=7), []  # another init: everything must come from the file
+    assert resume(again, Checkpoint(ckpt.path, restore=lambda ck: seen.append(ck["note"])))
+    assert seen == ["kept"] and again.state["step"] == 4
+    train_loop(again, next_token_loss, TINY_TC, ids, ids, ckpt, progress=False)
+    for a, b in zip(full.model.state_dict().values(), again.model.state_dict().values()):
+        torch.testing.assert_close(a, b)
+    assert again.state["history"] == [{**h, "seconds": again.state["history"][i]["seconds"]}
+                                      for i, h in enumerate(state["history"])]
+    assert not resume(_tiny_run(), Checkpoint(tmp_path / "none.pt"))

@@ -1,7 +1,7 @@
 """Train a student, with or without a teacher: the distillation loop.
 
-The zoo's recipe (:mod:`infer_lab.zoo.train`: AdamW, linear warmup then cosine decay,
-gradient clipping, atomic checkpoints) with the loss swapped:
+The zoo's recipe and its one training loop (:mod:`infer_lab.zoo.loop`: AdamW, linear
+warmup then cosine decay, gradient clipping, atomic checkpoints) with the loss swapped:
 
     ce          L = CE(s, y)                                  the baseline, no teacher
     kd          L = a * T^2 KL(p_t^T || p_s^T) + (1 - a) * CE  (Hinton et al. 2015)
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -29,7 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..zoo.train import TrainConfig, atomic_save, evaluate, get_batch, lr_at
+from ..zoo.loop import (Batch, Checkpoint, Loss, Run, TrainConfig, adamw, evaluate, resume,
+                        train_loop)
 from .losses import HiddenProjection, hidden_state_loss, kd_loss, match_layers, reverse_kl_loss
 
 LOSSES = ("ce", "kd", "reverse_kl", "hidden", "sequence")
@@ -105,15 +105,6 @@ def capture_blocks(model: nn.Module, indices: list[int]) -> Iterator[list[torch.
             h.remove()
 
 
-def _optimizer(params: list[tuple[str, nn.Parameter]], cfg: DistillConfig):
-    # Decay matrices only, as the zoo does: norms' gains and biases are not capacity.
-    decay = [p for _, p in params if p.dim() >= 2]
-    no_decay = [p for _, p in params if p.dim() < 2]
-    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}],
-                             lr=cfg.lr, betas=(0.9, 0.95))
-
-
 def _reapply(model: nn.Module, masks: dict[str, torch.Tensor] | None) -> None:
     """Keep pruned weights at zero: the optimizer would otherwise regrow them."""
     if masks:
@@ -134,8 +125,27 @@ def distill(student: nn.Module, teacher: nn.Module | None, cfg: DistillConfig,
     callback(step, record): called after each eval, e.g. to redraw a live curve.
     masks: {linear name: bool mask} re-applied after every step (prune, then distill).
     """
-    from tqdm.auto import tqdm
+    _check_teacher(student, teacher, cfg)
+    torch.manual_seed(cfg.seed)
+    loss, proj = _objective(student, teacher, cfg)
+    params = list(student.named_parameters())
+    if proj is not None:  # the projection learns with the student
+        params += [("proj." + n, p) for n, p in proj.named_parameters()]
+    run = Run(student, adamw(params, cfg), torch.Generator().manual_seed(cfg.seed),
+              params=[p for _, p in params])
+    ckpt = _checkpoint(checkpoint_dir, cfg, proj)
+    resume(run, ckpt)
+    if teacher is not None:
+        teacher.eval()
+    student.train()
+    _reapply(student, masks)
+    state = train_loop(run, loss, cfg, train_ids, valid_ids, ckpt,
+                       after_step=lambda: _reapply(student, masks), on_eval=callback,
+                       desc=f"distill ({cfg.loss})", progress=progress)
+    return _result(student, state, cfg, valid_ids)
 
+
+def _check_teacher(student: nn.Module, teacher: nn.Module | None, cfg: DistillConfig) -> None:
     if cfg.needs_teacher and teacher is None:
         raise ValueError(f"loss {cfg.loss!r} needs a teacher")
     if teacher is not None and cfg.needs_teacher and \
@@ -143,70 +153,46 @@ def distill(student: nn.Module, teacher: nn.Module | None, cfg: DistillConfig,
         raise ValueError(f"student and teacher vocabularies differ ({student.config.vocab_size}"
                          f" vs {teacher.config.vocab_size}): logit distillation needs a "
                          "shared tokenizer")
-    torch.manual_seed(cfg.seed)
+
+
+def _objective(student: nn.Module, teacher: nn.Module | None,
+               cfg: DistillConfig) -> tuple[Loss, nn.Module | None]:
+    """The loss the loop minimises, (model, batch) -> L, and the hidden-state projection
+    it trains beside the student (loss "hidden"; else None)."""
     pairs = proj = None
-    params = list(student.named_parameters())
     if cfg.loss == "hidden":
         pairs = match_layers(student.config.n_layer, teacher.config.n_layer)
         proj = HiddenProjection(student.config.d_model, teacher.config.d_model)
-        params += [("proj." + n, p) for n, p in proj.named_parameters()]
-    opt = _optimizer(params, cfg)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    state: dict[str, Any] = {"step": 0, "elapsed": 0.0, "history": []}
-    ckpt = Path(checkpoint_dir) / "distill.pt" if checkpoint_dir is not None else None
-    if ckpt is not None and ckpt.exists():
-        ck = torch.load(ckpt, weights_only=False)
+
+    def loss(model: nn.Module, batch: Batch) -> torch.Tensor:
+        return _loss(model, teacher, proj, pairs, cfg, *batch)
+
+    return loss, proj
+
+
+def _checkpoint(checkpoint_dir: Path | str | None, cfg: DistillConfig,
+                proj: nn.Module | None) -> Checkpoint | None:
+    """``distill.pt`` in ``checkpoint_dir``, with the config (a resume must match it) and
+    the projection; None without a directory."""
+    if checkpoint_dir is None:
+        return None
+    path = Path(checkpoint_dir) / "distill.pt"
+
+    def restore(ck: dict[str, Any]) -> None:
         if ck["config"] != asdict(cfg):
-            raise ValueError(f"{ckpt} was written with another config; use a new "
+            raise ValueError(f"{path} was written with another config; use a new "
                              "checkpoint_dir or delete it")
-        student.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["opt"])
-        gen.set_state(ck["gen"])
         if proj is not None:
             proj.load_state_dict(ck["proj"])
-        state = ck["state"]
 
-    def save() -> None:
-        if ckpt is None:
-            return
-        ck = {"model": student.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(),
-              "state": state, "config": asdict(cfg),
-              "proj": proj.state_dict() if proj is not None else None}
-        atomic_save(lambda p: torch.save(ck, p), ckpt)
+    return Checkpoint(path, every_steps=cfg.checkpoint_every or cfg.eval_every,
+                      extra=lambda: {"config": asdict(cfg),
+                                     "proj": proj.state_dict() if proj is not None else None},
+                      restore=restore)
 
-    if teacher is not None:
-        teacher.eval()
-    student.train()
-    _reapply(student, masks)
-    every = cfg.checkpoint_every or cfg.eval_every
-    t_last = time.time()
-    bar = tqdm(range(state["step"], cfg.steps), initial=state["step"], total=cfg.steps,
-               desc=f"distill ({cfg.loss})", disable=not progress)
-    for step in bar:
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, cfg)  # DistillConfig has the fields lr_at reads
-        x, y = get_batch(train_ids, cfg.batch_size, cfg.seq_len, gen)  # (B, T) each
-        loss = _loss(student, teacher, proj, pairs, cfg, x, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_([p for _, p in params], cfg.grad_clip)
-        opt.step()
-        _reapply(student, masks)
-        now = time.time()
-        state["elapsed"] += now - t_last
-        t_last = now
-        state["step"] = step + 1
-        bar.set_postfix(loss=f"{loss.item():.3f}")
-        if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
-            vl = evaluate(student, valid_ids, cfg.seq_len, cfg.eval_tokens, cfg.bf16)
-            record = {"step": step + 1, "train_loss": loss.item(), "valid_loss": vl,
-                      "valid_ppl": math.exp(vl), "seconds": state["elapsed"]}
-            state["history"].append(record)
-            t_last = time.time()  # evaluation time is not training time
-        if (step + 1) % every == 0 or step + 1 == cfg.steps:
-            save()
-        if state["history"] and state["history"][-1]["step"] == step + 1 and callback:
-            callback(step + 1, state["history"][-1])
+
+def _result(student: nn.Module, state: dict[str, Any], cfg: DistillConfig,
+            valid_ids: np.ndarray) -> DistillResult:
     student.eval()
     last = state["history"][-1] if state["history"] else None
     vl = last["valid_loss"] if last else evaluate(student, valid_ids, cfg.seq_len,
