@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import torch
 
@@ -82,107 +83,167 @@ class Passes:
         self.fns[label] = lambda: self.outputs[label].append([fn(p) for p in on])
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    from tqdm.auto import tqdm
+HF_ASSISTED = "transformers assisted (code-s)"
+HF_LOOKUP = "transformers prompt lookup, editing"
 
+
+@dataclass(frozen=True)
+class Sizes:
+    """How much the bench runs; ``--quick`` shrinks every dimension to seconds."""
+
+    n_new: int
+    n_prompts: int
+    ks: list[int]
+    hybrid_ks: list[int]
+    repeats: int
+    self_k: int
+    prompt_chars: int
+    edit_chars: int
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Sizes:
+        if args.quick:
+            return cls(8, 1, [1, 2], [2], 1, 2, 160, 160)
+        return cls(args.new_tokens, args.prompts, args.ks, args.hybrid_ks, args.repeats, 4,
+                   600, 500)
+
+
+@dataclass
+class Setup:
+    """The models (ours and their transformers copies), the two workloads, HF's options."""
+
+    target: Any
+    draft: Any
+    qdraft: Any
+    hf_target: Any
+    hf_draft: Any
+    prompts: list[list[int]]
+    edits: list[list[int]]
+    hf_args: dict[str, Any]
+
+
+class Group(NamedTuple):
+    """Speculative rows sharing a drafter: one row per k, all checked against ``base``."""
+
+    label: str
+    make: Callable[[], Any]  # a fresh drafter for each call
+    ks: list[int]
+    cost_key: str | None  # the row timing the drafter alone, for the theory; None: none
+    key: str  # where the rows go in the returned figures
+    on: list[list[int]]  # the prompts
+    base: str  # the plain-decoding row they must equal and are compared with
+
+
+def _setup(sz: Sizes) -> Setup:
+    """Load code-m, code-s and the quantized self-draft; the prompts; warm every path up."""
     import infer_lab
     from ..generate import generate
     from ..hf_export import to_hf
-    from ..speculative import (HybridDrafter, PromptLookupDrafter, SpecStats, quantized_draft,
-                               speculative_decode, theoretical_speedup)
+    from ..speculative import quantized_draft, speculative_decode
 
-    n_new = 8 if args.quick else args.new_tokens
-    n_prompts = 1 if args.quick else args.prompts
-    ks = [1, 2] if args.quick else args.ks
-    hybrid_ks = [2] if args.quick else args.hybrid_ks
-    repeats = 1 if args.quick else args.repeats
-    self_k = 2 if args.quick else 4
     target, tok = infer_lab.load("code-m", device="cpu", dtype=torch.float32)
     draft, _ = infer_lab.load("code-s", device="cpu", dtype=torch.float32)
-    qdraft = quantized_draft(target, SELF_DRAFT)
-    prompts = held_out_prompts(tok, n_prompts, 160 if args.quick else 600)
-    edits = edit_prompts(tok, n_prompts, 160 if args.quick else 500)
-    hf_t, hf_d = to_hf(target), to_hf(draft)
-    hf_args = dict(do_sample=False, max_new_tokens=n_new, min_new_tokens=n_new,
-                   eos_token_id=None, pad_token_id=0)
+    s = Setup(target, draft, quantized_draft(target, SELF_DRAFT), to_hf(target), to_hf(draft),
+              held_out_prompts(tok, sz.n_prompts, sz.prompt_chars),
+              edit_prompts(tok, sz.n_prompts, sz.edit_chars),
+              dict(do_sample=False, max_new_tokens=sz.n_new, min_new_tokens=sz.n_new,
+                   eos_token_id=None, pad_token_id=0))
     # Warm-up on a few tokens: one-off costs do not grow with the tokens, and a full
     # warm-up pass of every row would double the bench.
-    speculative_decode(target, draft, prompts[0], 4)
-    generate(qdraft, [prompts[0]], 4)
-    for extra in ({"assistant_model": hf_d}, {"prompt_lookup_num_tokens": 8}):
-        hf_t.generate(torch.tensor([prompts[0]]), **{**hf_args, "max_new_tokens": 4,
-                                                      "min_new_tokens": 4}, **extra)
-    n_tok = n_new * len(prompts)
+    speculative_decode(target, draft, s.prompts[0], 4)
+    generate(s.qdraft, [s.prompts[0]], 4)
+    for extra in ({"assistant_model": s.hf_draft}, {"prompt_lookup_num_tokens": 8}):
+        s.hf_target.generate(torch.tensor([s.prompts[0]]), **{
+            **s.hf_args, "max_new_tokens": 4, "min_new_tokens": 4}, **extra)
+    return s
 
-    # (label, drafter factory, ks, cost ratio for theory, figures key, workload, baseline)
-    groups = [("code-s draft", lambda: draft, ks, DRAFT_ALONE, "speculative", prompts, PLAIN),
-              ("hybrid lookup + code-s", lambda: HybridDrafter(draft), hybrid_ks, None,
-               "hybrid", prompts, PLAIN),
-              (f"self-draft {SELF_DRAFT}", lambda: qdraft, [self_k], SELF_ALONE, "self",
-               prompts, PLAIN),
-              ("prompt lookup", PromptLookupDrafter, [8], None, "lookup_plain", prompts, PLAIN),
-              ("prompt lookup, editing", PromptLookupDrafter, [8], None, "lookup_edit", edits,
-               EDIT_PLAIN)]
+
+def _groups(s: Setup, sz: Sizes) -> list[Group]:
+    from ..speculative import HybridDrafter, PromptLookupDrafter
+
+    return [Group("code-s draft", lambda: s.draft, sz.ks, DRAFT_ALONE, "speculative",
+                  s.prompts, PLAIN),
+            Group("hybrid lookup + code-s", lambda: HybridDrafter(s.draft), sz.hybrid_ks, None,
+                  "hybrid", s.prompts, PLAIN),
+            Group(f"self-draft {SELF_DRAFT}", lambda: s.qdraft, [sz.self_k], SELF_ALONE, "self",
+                  s.prompts, PLAIN),
+            Group("prompt lookup", PromptLookupDrafter, [8], None, "lookup_plain", s.prompts,
+                  PLAIN),
+            Group("prompt lookup, editing", PromptLookupDrafter, [8], None, "lookup_edit",
+                  s.edits, EDIT_PLAIN)]
+
+
+def _passes(s: Setup, groups: list[Group], n_new: int) -> Passes:
+    """Every row: plain decoding, each drafter alone, each speculative row, transformers."""
+    from ..generate import generate
+    from ..speculative import speculative_decode
+
     passes = Passes()
-    passes.add(PLAIN, lambda p: generate(target, [p], n_new)[0], prompts)
-    passes.add(DRAFT_ALONE, lambda p: generate(draft, [p], n_new), prompts)
-    passes.add(SELF_ALONE, lambda p: generate(qdraft, [p], n_new), prompts)
-    for label, make, k_list, _, _, on, _ in groups:
-        if on is edits:
-            passes.add(EDIT_PLAIN, lambda p: generate(target, [p], n_new)[0], edits)
-        for k in k_list:
-            passes.add(f"{label}, k={k}", lambda p, make=make, k=k: speculative_decode(
-                target, make(), p, n_new, k=k), on)
-    hf_assisted, hf_lookup = "transformers assisted (code-s)", "transformers prompt lookup, editing"
-    passes.add(hf_assisted, lambda p: hf_t.generate(torch.tensor([p]), assistant_model=hf_d,
-                                                    **hf_args), prompts)
-    passes.add(hf_lookup, lambda p: hf_t.generate(torch.tensor([p]), prompt_lookup_num_tokens=8,
-                                                  **hf_args), edits)
-    # Every row alternates with every other (A B C ... A B C ...): a slow phase of a busy
-    # machine is spread over all rows instead of landing on one, and each row's repeats
-    # feed the spread check of infer_lab.bench.load.
-    with tqdm(total=len(passes.fns) * repeats, desc="speculative bench",
-              disable=args.quick) as bar:
-        times = interleaved_times(passes.fns, repeats, 0, "cpu", bar)
-    sec = {label: median(t) for label, t in times.items()}
-    cost = {DRAFT_ALONE: sec[DRAFT_ALONE] / sec[PLAIN], SELF_ALONE: sec[SELF_ALONE] / sec[PLAIN]}
-    c, c_self = cost[DRAFT_ALONE], cost[SELF_ALONE]  # a draft step / a target step
+    passes.add(PLAIN, lambda p: generate(s.target, [p], n_new)[0], s.prompts)
+    passes.add(DRAFT_ALONE, lambda p: generate(s.draft, [p], n_new), s.prompts)
+    passes.add(SELF_ALONE, lambda p: generate(s.qdraft, [p], n_new), s.prompts)
+    for g in groups:
+        if g.on is s.edits:
+            passes.add(EDIT_PLAIN, lambda p: generate(s.target, [p], n_new)[0], s.edits)
+        for k in g.ks:
+            passes.add(f"{g.label}, k={k}", lambda p, make=g.make, k=k: speculative_decode(
+                s.target, make(), p, n_new, k=k), g.on)
+    passes.add(HF_ASSISTED, lambda p: s.hf_target.generate(
+        torch.tensor([p]), assistant_model=s.hf_draft, **s.hf_args), s.prompts)
+    passes.add(HF_LOOKUP, lambda p: s.hf_target.generate(
+        torch.tensor([p]), prompt_lookup_num_tokens=8, **s.hf_args), s.edits)
+    return passes
+
+
+def _group_rows(g: Group, passes: Passes, sec: dict[str, float], cost: dict[str, float],
+                n_tok: int) -> tuple[list[list], dict[int, dict], tuple[int, float, float]]:
+    """One group's table rows, figures per k and best (k, speedup, theory); raises if a
+    row's output differs from plain greedy decoding."""
+    from ..speculative import SpecStats, theoretical_speedup
+
+    expect = passes.outputs[g.base][-1]
+    rows, figures, best = [], {}, (0, 0.0, 1.0)
+    for k in g.ks:
+        row = f"{g.label}, k={k}"
+        if any([r[0] for r in out] != expect for out in passes.outputs[row]):
+            raise AssertionError(f"{row} differs from plain greedy decoding")
+        total = SpecStats()
+        for r in passes.outputs[row][-1]:
+            total.add(r[1])
+        a = total.alpha  # over all prompts, not a mean of per-prompt alphas
+        speedup = sec[g.base] / sec[row]
+        theory = theoretical_speedup(a, k, cost[g.cost_key]) if g.cost_key else None
+        figures[k] = {"tokens_per_s": n_tok / sec[row], "alpha": a, "speedup": speedup,
+                      "theory": theory}
+        rows.append([row, n_tok / sec[row], speedup, a, "" if theory is None else theory,
+                     "" if theory is None else speedup / theory])
+        if speedup > best[1]:
+            best = (k, speedup, theory or 1.0)
+    return rows, figures, best
+
+
+def _table(groups: list[Group], passes: Passes, sec: dict[str, float],
+           cost: dict[str, float], n_tok: int, figures: dict[str, Any]
+           ) -> tuple[list[list], dict[str, tuple[int, float, float]]]:
+    """The table's rows (each plain row before the rows measured against it), with each
+    group's figures added to ``figures``; and the best k of each group."""
     rows = [[PLAIN, n_tok / sec[PLAIN], 1.0, "", "", ""]]
-    figures: dict[str, Any] = {"plain_tokens_per_s": n_tok / sec[PLAIN], "cost_ratio_c": c,
-                               "cost_ratio_c_self": c_self, "repeats": repeats}
     best: dict[str, tuple[int, float, float]] = {}  # figures key -> (k, speedup, theory)
-    for label, _, k_list, cost_key, key, on, base in groups:
-        if base == EDIT_PLAIN:
+    for g in groups:
+        if g.base == EDIT_PLAIN:
             rows.append([EDIT_PLAIN, n_tok / sec[EDIT_PLAIN], 1.0, "", "", ""])
-        expect = passes.outputs[base][-1]
-        figures[key], best[key] = {}, (0, 0.0, 1.0)
-        for k in k_list:
-            row = f"{label}, k={k}"
-            if any([r[0] for r in out] != expect for out in passes.outputs[row]):
-                raise AssertionError(f"{row} differs from plain greedy decoding")
-            total = SpecStats()
-            for r in passes.outputs[row][-1]:
-                total.add(r[1])
-            a = total.alpha  # over all prompts, not a mean of per-prompt alphas
-            speedup = sec[base] / sec[row]
-            theory = theoretical_speedup(a, k, cost[cost_key]) if cost_key else None
-            figures[key][k] = {"tokens_per_s": n_tok / sec[row], "alpha": a,
-                               "speedup": speedup, "theory": theory}
-            rows.append([row, n_tok / sec[row], speedup, a, "" if theory is None else theory,
-                         "" if theory is None else speedup / theory])
-            if speedup > best[key][1]:
-                best[key] = (k, speedup, theory or 1.0)
-    rows.append([hf_assisted, n_tok / sec[hf_assisted], sec[PLAIN] / sec[hf_assisted],
+        group_rows, figures[g.key], best[g.key] = _group_rows(g, passes, sec, cost, n_tok)
+        rows += group_rows
+    rows.append([HF_ASSISTED, n_tok / sec[HF_ASSISTED], sec[PLAIN] / sec[HF_ASSISTED],
                  "", "", ""])
-    rows.append([hf_lookup, n_tok / sec[hf_lookup], sec[EDIT_PLAIN] / sec[hf_lookup],
+    rows.append([HF_LOOKUP, n_tok / sec[HF_LOOKUP], sec[EDIT_PLAIN] / sec[HF_LOOKUP],
                  "", "", ""])
-    print(f"greedy, batch 1, {len(prompts)} held-out prompts x {n_new} new tokens, "
-          f"{torch.get_num_threads()} threads, median of {repeats} passes, rows alternated; "
-          f"cost ratio c = {c:.3f} (code-s), {c_self:.3f} ({SELF_DRAFT} copy of code-m); "
-          "every speculative output equals plain greedy decoding")
-    print(format_table(rows, ["run", "tokens/s", "speedup", "alpha", "theory", "of theory"]))
+    return rows, best
+
+
+def _ratios(best: dict[str, tuple[int, float, float]], sec: dict[str, float]) -> dict[str, Any]:
     spec = best["speculative"]
-    ratios = {
+    return {
         "spec_speedup_best": spec[1],
         "spec_best_k": spec[0],
         "spec_vs_theory": spec[1] / spec[2],
@@ -190,18 +251,52 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "self_spec_speedup": best["self"][1],
         "prompt_lookup_speedup_plain": best["lookup_plain"][1],
         "prompt_lookup_speedup_edit": best["lookup_edit"][1],
-        "ours_vs_hf_assisted": sec[hf_assisted] / sec[f"code-s draft, k={spec[0]}"],
-        "ours_vs_hf_prompt_lookup": sec[hf_lookup] / sec["prompt lookup, editing, k=8"],
+        "ours_vs_hf_assisted": sec[HF_ASSISTED] / sec[f"code-s draft, k={spec[0]}"],
+        "ours_vs_hf_prompt_lookup": sec[HF_LOOKUP] / sec["prompt lookup, editing, k=8"],
     }
-    for name, v in ratios.items():
-        print(f"{name}: {v:.3f}")
-    alpha = figures["speculative"][spec[0]]["alpha"]
+
+
+def _print_limit(alpha: float, c: float) -> None:
+    """What the measured alpha and c allow at best, and the alpha 1.3x would need."""
+    from ..speculative import theoretical_speedup
+
     need = _alpha_needed(c, 1.3)
     print(f"limit: with c = {c:.3f} the best possible speedup at alpha = {alpha:.2f} is "
           f"{max(theoretical_speedup(alpha, k, c) for k in range(1, 9)):.2f}x (k = 1..8); "
           f"1.3x needs alpha >= {need:.2f} at this c")
-    figures["hf_assisted_tokens_per_s"] = n_tok / sec[hf_assisted]
-    figures["hf_prompt_lookup_tokens_per_s"] = n_tok / sec[hf_lookup]
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from tqdm.auto import tqdm
+
+    sz = Sizes.from_args(args)
+    s = _setup(sz)
+    groups = _groups(s, sz)
+    passes = _passes(s, groups, sz.n_new)
+    # Every row alternates with every other (A B C ... A B C ...): a slow phase of a busy
+    # machine is spread over all rows instead of landing on one, and each row's repeats
+    # feed the spread check of infer_lab.bench.load.
+    with tqdm(total=len(passes.fns) * sz.repeats, desc="speculative bench",
+              disable=args.quick) as bar:
+        times = interleaved_times(passes.fns, sz.repeats, 0, "cpu", bar)
+    sec = {label: median(t) for label, t in times.items()}
+    cost = {DRAFT_ALONE: sec[DRAFT_ALONE] / sec[PLAIN], SELF_ALONE: sec[SELF_ALONE] / sec[PLAIN]}
+    c, c_self = cost[DRAFT_ALONE], cost[SELF_ALONE]  # a draft step / a target step
+    n_tok = sz.n_new * len(s.prompts)
+    figures: dict[str, Any] = {"plain_tokens_per_s": n_tok / sec[PLAIN], "cost_ratio_c": c,
+                               "cost_ratio_c_self": c_self, "repeats": sz.repeats}
+    rows, best = _table(groups, passes, sec, cost, n_tok, figures)
+    print(f"greedy, batch 1, {len(s.prompts)} held-out prompts x {sz.n_new} new tokens, "
+          f"{torch.get_num_threads()} threads, median of {sz.repeats} passes, rows alternated; "
+          f"cost ratio c = {c:.3f} (code-s), {c_self:.3f} ({SELF_DRAFT} copy of code-m); "
+          "every speculative output equals plain greedy decoding")
+    print(format_table(rows, ["run", "tokens/s", "speedup", "alpha", "theory", "of theory"]))
+    ratios = _ratios(best, sec)
+    for name, v in ratios.items():
+        print(f"{name}: {v:.3f}")
+    _print_limit(figures["speculative"][ratios["spec_best_k"]]["alpha"], c)
+    figures["hf_assisted_tokens_per_s"] = n_tok / sec[HF_ASSISTED]
+    figures["hf_prompt_lookup_tokens_per_s"] = n_tok / sec[HF_LOOKUP]
     return {"figures": figures, "ratios": ratios, "timings": times}
 
 
