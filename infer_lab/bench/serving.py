@@ -7,8 +7,8 @@ output = the real length of that function's body, clipped to 16..512 tokens) thr
   up to B) and the continuous-batching Engine (at most B running), all with the same
   maximum batch B, on code-m; greedy, EOS ignored so every run makes the same tokens;
 * transformers' ``generate`` one request at a time on the same weights
-  (:func:`infer_lab.hf_export.to_hf`), on a fixed random subset of the requests
-  (throughput is output tokens/s, so it compares).
+  (:mod:`.hf_baseline`), on a fixed random subset of the requests (throughput is
+  output tokens/s, so it compares).
 
 Reported: throughput, p50/p95 TTFT and TPOT, goodput under a latency objective; the KV
 memory the paged pool holds vs what contiguous preallocation at the maximum length
@@ -27,12 +27,12 @@ from __future__ import annotations
 import argparse
 import math
 import random
-import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
 from . import format_table
+from .hf_baseline import hf_sequential, run_sequential
 
 SYSTEM_CHARS = 2400  # the shared system prompt: ~700 tokens of held-out code
 
@@ -52,41 +52,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeats", type=int, default=3,
                    help="runs of every row, alternated; each row reports its median run "
                         "(3: about three times the ~5.5 min of one pass; 1: no spread check)")
-
-
-class _TokenTimes:
-    """A transformers streamer that timestamps each new token (the first put is the prompt)."""
-
-    def __init__(self) -> None:
-        self.times: list[float] = []
-        self._prompt_seen = False
-
-    def put(self, value: torch.Tensor) -> None:
-        if not self._prompt_seen:
-            self._prompt_seen = True
-            return
-        self.times.append(time.perf_counter())
-
-    def end(self) -> None:
-        pass
-
-
-def _run_hf(hf, workload) -> Any:
-    """transformers' ``generate`` (``hf``, warmed up) over the workload, one at a time."""
-    from ..serving.loadgen import LoadReport, RequestResult
-
-    results, busy = [], 0.0
-    for r in workload:
-        st, t0 = _TokenTimes(), time.perf_counter()
-        hf.generate(torch.tensor([r.prompt]), max_new_tokens=r.max_tokens,
-                    min_new_tokens=r.max_tokens, do_sample=False, eos_token_id=None,
-                    pad_token_id=0, streamer=st)
-        n, tt = len(st.times), st.times
-        results.append(RequestResult(t0, tt[0] - t0, (tt[-1] - tt[0]) / (n - 1) if n > 1 else None,
-                                     tt[-1] - t0, n, len(r.prompt), tt[-1]))
-        busy += tt[-1] - t0
-    # One request at a time, back to back: no queueing, duration = the sum of the runs.
-    return LoadReport(results, 0.0, busy)
 
 
 def _waste(kv: list, reserved) -> float:
@@ -153,23 +118,24 @@ def _run_policy(args: argparse.Namespace, name: str, threads: int):
     return rep, (len(eng.records), sum(r.duration for r in eng.records))
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+class Prefix(NamedTuple):
+    """Prefix caching off / on: median runs (summary, hit rate), TTFT p50 of each run."""
+
+    median: dict[bool, tuple[dict[str, Any], float]]
+    timings: dict[str, list[float]]
+    requests: int
+    system_tokens: int
+
+    def ttft_p50(self, on: bool) -> float:
+        return self.median[on][0]["ttft"]["p50"]
+
+
+def _batching_runs(args: argparse.Namespace, hf, subset: list,
+                   repeats: int) -> tuple[dict[str, list], dict[str, list]]:
+    """Every run's report, for each row; each policy run's (steps, seconds)."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    from ..hf_export import to_hf
-    from ..serving import Engine, EngineConfig
-    from ..serving.loadgen import make_workload, run_engine
-
-    q = args.quick
-    repeats = 1 if q else args.repeats
-    model, tok, texts, work, cfg, batch = _setup(args)
-    n, ctx, block = len(work), model.config.max_seq_len, BLOCK
-    rng = random.Random(args.seed)
-    subset = rng.sample(work, min(2 if q else args.hf_requests, len(work)))
-    hf = to_hf(model)
-    hf.generate(torch.tensor([subset[0].prompt[:8]]), max_new_tokens=2, do_sample=False,
-                pad_token_id=0)  # warm-up
     # Each policy runs in a fresh process, so none inherits another's heap and threads:
     # back-to-back runs in one process drifted slower here (a continuous decode step
     # 26.9 -> 28.8 ms over four runs, a plain forward 10.6 -> 12.8 ms), which favours
@@ -185,8 +151,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 rep, st = pool.submit(_run_policy, args, name, torch.get_num_threads()).result()
             runs[name].append(rep)
             steps_of[name].append(st)
-        runs[HF].append(_run_hf(hf, subset))
-    del hf
+        runs[HF].append(run_sequential(hf, subset))
+    return runs, steps_of
+
+
+def _medians(runs: dict[str, list], steps_of: dict[str, list]):
+    """Each row's durations, median run and its steps; the KV use per step (continuous)."""
     # Every run of a row makes the same tokens (EOS ignored), so durations compare.
     timings = {name: [r.duration for r in reps] for name, reps in runs.items()}
     pick = {name: _median_run(t) for name, t in timings.items()}
@@ -195,69 +165,100 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     kv = []
     for name in POLICIES:
         kv = reports[name].kv or kv
+    return timings, reports, steps, kv
 
-    # Prefix caching: every request starts with the same long system prompt. One request
-    # at a time (closed loop, concurrency 1), so TTFT is the prefill alone, no queueing.
+
+def _prefix_cache(args: argparse.Namespace, model, tok, texts: list[str], cfg, batch: int,
+                  rng: random.Random, repeats: int) -> Prefix:
+    """TTFT with prefix caching off and on, every request starting with the same long
+    system prompt. One request at a time (closed loop, concurrency 1), so TTFT is the
+    prefill alone, no queueing."""
+    from ..serving import Engine, EngineConfig
+    from ..serving.loadgen import make_workload, run_engine
+
+    q = args.quick
     start = rng.randrange(len(texts[0]) // 2)
     system = "".join(texts)[start:start + (400 if q else SYSTEM_CHARS)]
     pwork = make_workload(tok, 4 if q else 12, math.inf, args.seed + 1,
                           (4, 8) if q else (16, 32), (50, 200), shared_prefix=system,
-                          max_seq_len=ctx, source=texts)
-    prefix_runs: dict[bool, list] = {False: [], True: []}
+                          max_seq_len=model.config.max_seq_len, source=texts)
+    runs: dict[bool, list] = {False: [], True: []}
     for _ in range(repeats):
         for on in (False, True):
-            pcfg = EngineConfig(block_size=block, num_blocks=cfg.num_blocks,
+            pcfg = EngineConfig(block_size=BLOCK, num_blocks=cfg.num_blocks,
                                 max_num_seqs=batch, max_num_batched_tokens=args.token_budget,
                                 enable_prefix_caching=on)
             eng = Engine(model, pcfg)
             rep = run_engine(eng, pwork, mode="closed", concurrency=1)
-            prefix_runs[on].append((rep.summary(), eng.block_manager.prefix_hit_rate))
-    prefix = {}
+            runs[on].append((rep.summary(), eng.block_manager.prefix_hit_rate))
+    median, timings = {}, {}
     for on, label in ((False, "prefix cache off, TTFT p50"), (True, "prefix cache on, TTFT p50")):
-        timings[label] = [summary["ttft"]["p50"] for summary, _ in prefix_runs[on]]
-        prefix[on] = prefix_runs[on][_median_run(timings[label])]
+        timings[label] = [summary["ttft"]["p50"] for summary, _ in runs[on]]
+        median[on] = runs[on][_median_run(timings[label])]
+    return Prefix(median, timings, len(pwork), len(tok.encode(system)))
 
-    summaries = {k: r.summary(args.slo_ttft, args.slo_tpot) for k, r in reports.items()}
+
+def _kv_waste(kv: list) -> dict[str, float]:
+    """Share of reserved KV slots holding no token: paged, contiguous, sized per request."""
+    return {"paged": _waste(kv, lambda u: u.blocks_used * u.block_size),
+            "contiguous": _waste(kv, lambda u: u.num_running * u.max_seq_len),
+            "per_request": _waste(kv, lambda u: u.reserved_tokens)}
+
+
+RATIOS = {  # name -> what it measures, as printed beside it
+    "continuous_vs_static": "continuous / static batching, output tokens/s (aim >= 3)",
+    "continuous_vs_dynamic": "continuous / dynamic batching, output tokens/s",
+    "continuous_vs_hf_sequential": "continuous / transformers generate one at a time, tok/s",
+    "paged_kv_waste": "fraction of paged KV slots holding no token (aim < 0.05)",
+    "contiguous_kv_waste": "same, contiguous preallocation at the maximum length",
+    "prefix_cache_ttft_speedup": "TTFT p50 without / with prefix caching (aim >= 2)",
+}
+
+
+def _ratios(summaries: dict[str, dict], waste: dict[str, float],
+            prefix: Prefix) -> dict[str, float]:
     cont, stat = summaries["continuous"], summaries["static"]
-    paged = _waste(kv, lambda u: u.blocks_used * u.block_size)
-    contiguous = _waste(kv, lambda u: u.num_running * u.max_seq_len)
-    per_request = _waste(kv, lambda u: u.reserved_tokens)
-    ttft_off, ttft_on = prefix[False][0]["ttft"]["p50"], prefix[True][0]["ttft"]["p50"]
-    ratios = {
+    return {
         "continuous_vs_static": cont["tokens_per_s"] / stat["tokens_per_s"],
         "continuous_vs_dynamic": cont["tokens_per_s"] / summaries["dynamic"]["tokens_per_s"],
         "continuous_vs_hf_sequential": cont["tokens_per_s"] / summaries[HF]["tokens_per_s"],
-        "paged_kv_waste": paged,
-        "contiguous_kv_waste": contiguous,
-        "prefix_cache_ttft_speedup": ttft_off / ttft_on,
+        "paged_kv_waste": waste["paged"],
+        "contiguous_kv_waste": waste["contiguous"],
+        "prefix_cache_ttft_speedup": prefix.ttft_p50(False) / prefix.ttft_p50(True),
     }
-    lens = [r.max_tokens for r in work]
+
+
+def _print_runs(args: argparse.Namespace, work: list, batch: int, n_hf: int, repeats: int,
+                summaries: dict[str, dict]) -> None:
+    """The workload in one line, the goodput objective, and the table of every row."""
+    lens, n = [r.max_tokens for r in work], len(work)
     print(f"code-m, {n} requests, Poisson {args.rate:g} req/s, outputs {min(lens)}-{max(lens)} "
           f"tokens (mean {sum(lens) / n:.0f}, from held-out function bodies), max batch "
           f"{batch}, greedy, {torch.get_num_threads()} threads; transformers runs "
-          f"{len(subset)} random requests of the {n}, one at a time, no queueing; each row: "
+          f"{n_hf} random requests of the {n}, one at a time, no queueing; each row: "
           f"the median of {repeats} runs, rows alternated")
     print(f"goodput = requests/s with TTFT <= {args.slo_ttft:g} s and TPOT <= "
           f"{args.slo_tpot:g} s")
     print(format_table([_row(k, s) for k, s in summaries.items()],
                        ["run", "reqs", "out tok", "tok/s", "req/s", "TTFT p50 ms",
                         "TTFT p95 ms", "TPOT p50 ms", "TPOT p95 ms", "e2e p95 s", "goodput"]))
-    print(f"KV memory over the continuous run's {len(kv)} steps: paged blocks of {block} waste "
-          f"{paged:.1%}; contiguous preallocation at max_seq_len={ctx} would waste "
-          f"{contiguous:.1%} (sized to each request's prompt + max_tokens: {per_request:.1%})")
-    print(f"prefix caching, {len(pwork)} requests sharing a {len(tok.encode(system))}-token "
-          f"system prompt: TTFT p50 {1000 * ttft_off:.0f} ms off -> {1000 * ttft_on:.0f} ms on "
-          f"(prefix hit rate {prefix[True][1]:.0%})")
-    what = {
-        "continuous_vs_static": "continuous / static batching, output tokens/s (aim >= 3)",
-        "continuous_vs_dynamic": "continuous / dynamic batching, output tokens/s",
-        "continuous_vs_hf_sequential": "continuous / transformers generate one at a time, tok/s",
-        "paged_kv_waste": "fraction of paged KV slots holding no token (aim < 0.05)",
-        "contiguous_kv_waste": "same, contiguous preallocation at the maximum length",
-        "prefix_cache_ttft_speedup": "TTFT p50 without / with prefix caching (aim >= 2)",
-    }
+
+
+def _print_memory(kv: list, waste: dict[str, float], ctx: int, prefix: Prefix) -> None:
+    print(f"KV memory over the continuous run's {len(kv)} steps: paged blocks of {BLOCK} waste "
+          f"{waste['paged']:.1%}; contiguous preallocation at max_seq_len={ctx} would waste "
+          f"{waste['contiguous']:.1%} (sized to each request's prompt + max_tokens: "
+          f"{waste['per_request']:.1%})")
+    print(f"prefix caching, {prefix.requests} requests sharing a {prefix.system_tokens}-token "
+          f"system prompt: TTFT p50 {1000 * prefix.ttft_p50(False):.0f} ms off -> "
+          f"{1000 * prefix.ttft_p50(True):.0f} ms on "
+          f"(prefix hit rate {prefix.median[True][1]:.0%})")
+
+
+def _print_ratios(ratios: dict[str, float], steps: dict[str, tuple[int, float]]) -> None:
+    """Each ratio with what it measures, and why continuous batching's ratio is what it is."""
     for name, v in ratios.items():
-        print(f"{name}: {v:.3f}   ({what[name]})")
+        print(f"{name}: {v:.3f}   ({RATIOS[name]})")
     (n_s, t_s), (n_c, t_c) = steps["static"], steps["continuous"]
     print(f"why: throughput ratio = step-count ratio x step-cost ratio; static ran {n_s} "
           f"steps at {1000 * t_s / n_s:.1f} ms, continuous {n_c} steps at "
@@ -265,8 +266,28 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
           "fewer steps: finished rows leave at once (but no run ends before its longest "
           "request); cheaper steps: continuous decode attention reads each sequence's own "
           "blocks, static's reads every row padded to its batch's longest, finished rows too")
-    return {"figures": {"summaries": summaries, "prefix": {str(k): v[0] for k, v in prefix.items()},
-                        "output_lengths": lens, "hf_subset": len(subset),
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    q = args.quick
+    repeats = 1 if q else args.repeats
+    model, tok, texts, work, cfg, batch = _setup(args)
+    rng = random.Random(args.seed)  # draws the transformers subset, then the system prompt
+    hf, subset = hf_sequential(model, work, rng, 2 if q else args.hf_requests)
+    runs, steps_of = _batching_runs(args, hf, subset, repeats)
+    del hf
+    timings, reports, steps, kv = _medians(runs, steps_of)
+    prefix = _prefix_cache(args, model, tok, texts, cfg, batch, rng, repeats)
+    timings.update(prefix.timings)
+    summaries = {k: r.summary(args.slo_ttft, args.slo_tpot) for k, r in reports.items()}
+    waste = _kv_waste(kv)
+    ratios = _ratios(summaries, waste, prefix)
+    _print_runs(args, work, batch, len(subset), repeats, summaries)
+    _print_memory(kv, waste, model.config.max_seq_len, prefix)
+    _print_ratios(ratios, steps)
+    return {"figures": {"summaries": summaries,
+                        "prefix": {str(k): v[0] for k, v in prefix.median.items()},
+                        "output_lengths": [r.max_tokens for r in work], "hf_subset": len(subset),
                         "steps": {k: {"steps": a, "seconds": b} for k, (a, b) in steps.items()},
                         "repeats": repeats},
             "ratios": ratios, "timings": timings}
