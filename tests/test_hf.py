@@ -17,8 +17,8 @@ transformers = pytest.importorskip("transformers")
 import infer_lab  # noqa: E402
 from infer_lab.config import ModelConfig, get_config  # noqa: E402
 from infer_lab.generate import generate  # noqa: E402
-from infer_lab.hf import (CheckpointNotFoundError, config_from_hf, from_hf_model,  # noqa: E402
-                          load_hf)
+from infer_lab.checkpoints import CheckpointNotFoundError, load_hf  # noqa: E402
+from infer_lab.hf import config_from_hf, from_hf_model  # noqa: E402
 from infer_lab.hf_export import to_hf  # noqa: E402
 from infer_lab.model import Transformer  # noqa: E402
 
