@@ -101,6 +101,16 @@ def perplexity(model, tokenizer_or_ids, text: str | None = None, seq_len: int = 
                       n_bytes=n_bytes)
 
 
+def heldout_ids(tok, n_tokens: int) -> list[int]:
+    """EOS then the first ``n_tokens`` tokens of the held-out code (never trained on): the
+    ids the labs and ``python -m infer_lab.bench quant|compress`` score perplexity on."""
+    from .zoo.data import held_out_text
+
+    # 12 characters a token: more text than n_tokens tokens need, encoded once
+    ids = tok.encode(held_out_text(max_chars=12 * n_tokens))[:n_tokens]
+    return ([tok.eos_id] if tok.eos_id is not None else []) + ids
+
+
 # -- next-line exact match -------------------------------------------------------------
 @dataclass(frozen=True)
 class NextLineSample:

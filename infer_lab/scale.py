@@ -7,15 +7,113 @@
 
 Labs read their sizes (tokens to generate, repeats, sweep lengths) from the
 :class:`Scale` that :func:`current_scale` returns, never from numbers typed in a cell,
-so the same notebook runs in CI in seconds and on a GPU at full size.
+so the same notebook runs in CI in seconds and on a GPU at full size. Sizes every lab
+uses are fields of :class:`Scale`; each lab from 02 on has its own group of sizes, one
+field of :class:`Scale` (``scale.quantization`` for lab 02, ``scale.pruning`` for 03,
+``scale.distillation`` for 04, ``scale.speculative`` for 05, ``scale.serving`` for 06).
+This file is the only place those numbers are written.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 ENV_VAR = "INFER_LAB_SCALE"
+
+
+@dataclass(frozen=True)
+class LabSizes:
+    """One lab's experiment sizes at one scale: read as attributes or by name
+    (``sizes.ks`` or ``sizes["ks"]``; labs 05 and 06 index them like a dict)."""
+
+    def __getitem__(self, key: str):
+        if key not in {f.name for f in fields(self)}:
+            raise KeyError(key)
+        return getattr(self, key)
+
+
+@dataclass(frozen=True)
+class QuantizationSizes(LabSizes):
+    """Lab 02 (quantization)."""
+
+    ppl_tokens: int  # held-out tokens scored for perplexity
+    seq_len: int  # perplexity window
+    new_tokens: int  # greedy tokens per timed decode
+    repeats: int  # timed decodes per scheme (median)
+    calib_seqs: int  # GPTQ / AWQ calibration windows ...
+    calib_len: int  # ... of this many training tokens
+    awq_grid: int  # alpha values AWQ tries per layer
+    awq_sample: int  # token inputs that score each alpha
+    linear_repeats: int  # timed calls of one linear layer
+    schemes: tuple[str, ...] | None  # catalog names the explorer measures; None: all
+
+
+@dataclass(frozen=True)
+class PruningSizes(LabSizes):
+    """Lab 03 (pruning)."""
+
+    ppl_tokens: int  # held-out tokens scored for perplexity
+    seq_len: int  # perplexity window
+    sparsities: tuple[float, ...]  # points the sparsity explorer measures up front
+    decode_tokens: int  # greedy tokens per timed decode ...
+    decode_batch: int  # ... for this many sequences at once
+    repeats: int  # timed decodes per model (median)
+    matmul_repeats: int  # timed calls of one linear layer
+    calib_tokens: int  # calibration tokens that score MLP neurons
+    recover_steps: int  # distillation steps that heal the pruned model
+
+
+@dataclass(frozen=True)
+class DistillationSizes(LabSizes):
+    """Lab 04 (distillation), also lab 03's prune-then-distill."""
+
+    train_chars: int  # training text (spread over the train split's files)
+    valid_chars: int  # held-out text the runs are evaluated on
+    steps: int  # training steps of each run
+    batch_size: int
+    seq_len: int
+    eval_every: int  # steps between points of the live curves
+    eval_tokens: int  # held-out tokens per evaluation
+    lr: float
+    n_samples: int  # teacher samples for sequence-level KD ...
+    sample_len: int  # ... of this many tokens each
+
+    def config(self, **overrides):
+        """A DistillConfig of these sizes (the loss and temperature from ``overrides``)."""
+        from .distill.loop import DistillConfig  # torch: only when a lab trains
+
+        base = DistillConfig(steps=self.steps, batch_size=self.batch_size,
+                             seq_len=self.seq_len, lr=self.lr, min_lr=self.lr / 10,
+                             warmup=max(1, self.steps // 10), eval_every=self.eval_every,
+                             eval_tokens=self.eval_tokens)
+        return replace(base, **overrides)
+
+
+@dataclass(frozen=True)
+class SpeculativeSizes(LabSizes):
+    """Lab 05 (speculative decoding)."""
+
+    n_new: int  # new tokens per run
+    n_prompts: int  # held-out prompts per measurement ...
+    chars: int  # ... of this many characters
+    ks: tuple[int, ...]  # draft lengths k
+    samples: int  # draws per histogram of the distribution check
+    repeats: int  # timed runs per prompt (fastest kept)
+
+
+@dataclass(frozen=True)
+class ServingSizes(LabSizes):
+    """Lab 06 (serving)."""
+
+    model: str  # the zoo model served
+    timeline: int  # requests on the batching timelines ...
+    prompt_len: tuple[int, int]  # ... with prompt lengths in this range ...
+    output_len: tuple[int, int]  # ... and output lengths in this one
+    sweep: int  # requests of the load sweep ...
+    sweep_output_len: tuple[int, int]  # ... with output lengths in this range
+    rate_factors: tuple[float, ...]  # arrival rates, as multiples of the measured capacity
+    long_prompt: int  # tokens of the chunked-prefill section's long prompt
 
 
 @dataclass(frozen=True)
@@ -32,6 +130,11 @@ class Scale:
     window: int  # sliding-window size of the KV-cache lab (tokens)
     probe_mb: int  # buffer size of the memory-bandwidth probe
     probe_matmul: int  # square matmul size of the FLOP/s probe
+    quantization: QuantizationSizes
+    pruning: PruningSizes
+    distillation: DistillationSizes
+    speculative: SpeculativeSizes
+    serving: ServingSizes
 
     def __str__(self) -> str:
         return (f"scale={self.name!r}: {self.max_new_tokens} new tokens, {self.repeats} "
@@ -39,16 +142,45 @@ class Scale:
                 f"tokens (set {ENV_VAR}=ci|laptop|gpu to change)")
 
 
+# At CI scale the slowest decoders (FP8 and NF4 table lookups) stay out; laptop runs all.
+CI_SCHEMES = ("fp32", "int8", "int8 dynamic (fbgemm)", "q8_0", "int4-channel", "int4-g64",
+              "gptq int4-g64", "awq int4-g64", "q4_k_m")
+# Distillation lr: the zoo's for code-s, since lab 04's students start from random weights.
 SCALES: dict[str, Scale] = {
-    "ci": Scale("ci", max_new_tokens=24, repeats=2, warmup=1, n_requests=12,
-                decode_len=96, sweep_lengths=(16, 64, 128, 256), window=24,
-                probe_mb=128, probe_matmul=512),
-    "laptop": Scale("laptop", max_new_tokens=64, repeats=5, warmup=2, n_requests=40,
-                    decode_len=384, sweep_lengths=(16, 64, 128, 256, 512, 768),
-                    window=96, probe_mb=256, probe_matmul=1024),
-    "gpu": Scale("gpu", max_new_tokens=128, repeats=10, warmup=3, n_requests=100,
-                 decode_len=960, sweep_lengths=(16, 64, 128, 256, 512, 768, 960),
-                 window=128, probe_mb=1024, probe_matmul=8192),
+    "ci": Scale(
+        "ci", max_new_tokens=24, repeats=2, warmup=1, n_requests=12,
+        decode_len=96, sweep_lengths=(16, 64, 128, 256), window=24,
+        probe_mb=128, probe_matmul=512,
+        quantization=QuantizationSizes(512, 128, 12, 2, 4, 64, 4, 256, 50, CI_SCHEMES),
+        pruning=PruningSizes(512, 128, (0.0, 0.5, 0.7, 0.9), 16, 4, 3, 20, 1024, 12),
+        distillation=DistillationSizes(400_000, 60_000, 16, 4, 64, 4, 1024, 3e-3, 16, 64),
+        speculative=SpeculativeSizes(48, 3, 500, (1, 2, 4), 1500, 2),
+        serving=ServingSizes("code-s", 8, (8, 48), (4, 24), 10, (8, 32), (0.25, 1.0, 2.0),
+                             384)),
+    "laptop": Scale(
+        "laptop", max_new_tokens=64, repeats=5, warmup=2, n_requests=40,
+        decode_len=384, sweep_lengths=(16, 64, 128, 256, 512, 768),
+        window=96, probe_mb=256, probe_matmul=1024,
+        quantization=QuantizationSizes(4096, 256, 32, 3, 16, 256, 10, 1024, 50, None),
+        pruning=PruningSizes(2048, 256, (0.0, 0.2, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9), 32, 8, 5,
+                             50, 8192, 150),
+        distillation=DistillationSizes(4_000_000, 200_000, 200, 8, 128, 20, 8192, 3e-3, 128,
+                                       128),
+        speculative=SpeculativeSizes(64, 3, 500, (1, 2, 3, 4, 6), 4000, 2),
+        serving=ServingSizes("code-m", 10, (8, 64), (4, 32), 24, (8, 64),
+                             (0.25, 0.5, 0.75, 1.0, 1.5, 2.0), 512)),
+    "gpu": Scale(
+        "gpu", max_new_tokens=128, repeats=10, warmup=3, n_requests=100,
+        decode_len=960, sweep_lengths=(16, 64, 128, 256, 512, 768, 960),
+        window=128, probe_mb=1024, probe_matmul=8192,
+        quantization=QuantizationSizes(16384, 256, 64, 3, 16, 256, 20, 1024, 100, None),
+        pruning=PruningSizes(8192, 256, (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9,
+                                         0.95), 64, 16, 5, 100, 32768, 600),
+        distillation=DistillationSizes(16_000_000, 400_000, 1000, 16, 256, 50, 32768, 3e-3,
+                                       512, 256),
+        speculative=SpeculativeSizes(96, 4, 600, (1, 2, 3, 4, 6, 8), 20000, 2),
+        serving=ServingSizes("code-m", 12, (8, 96), (4, 40), 64, (16, 128),
+                             (0.125, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0), 768)),
 }
 CHOICES = (*SCALES, "auto")
 

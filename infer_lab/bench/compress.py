@@ -195,6 +195,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
+    from ..quality import heldout_ids
     from ..zoo.data import held_out_text
 
     if getattr(args, "threads", None):
@@ -212,9 +213,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     models, made = build_models(cfg, teacher, student_cfg, train_ids, valid_ids,
                                 progress=not args.quick)
     text = held_out_text()
-    ids = tok.encode(held_out_text(max_chars=12 * cfg.ppl_tokens))
-    ctx = {"tok": tok, "text": text,
-           "ppl_ids": ([tok.eos_id] if tok.eos_id is not None else []) + ids[:cfg.ppl_tokens]}
+    ctx = {"tok": tok, "text": text, "ppl_ids": heldout_ids(tok, cfg.ppl_tokens)}
     rows: dict[str, dict[str, Any]] = {}
     with tqdm(total=len(models) * (cfg.repeats + 2), desc="compress bench",
               disable=args.quick) as bar:

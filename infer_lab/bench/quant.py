@@ -195,6 +195,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
+    from ..quality import heldout_ids
     from ..zoo.data import held_out_text
 
     if getattr(args, "threads", None):
@@ -215,8 +216,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     except (ImportError, ValueError) as e:
         print(f"no calibration ids ({e}); GPTQ/AWQ rows skipped")
     # Encoded once for every row: EOS first, as the zoo was trained, then the text.
-    ids = tok.encode(held_out_text(max_chars=12 * cfg.ppl_tokens))
-    ppl_ids = ([tok.eos_id] if tok.eos_id is not None else []) + ids[:cfg.ppl_tokens]
+    ppl_ids = heldout_ids(tok, cfg.ppl_tokens)
     ctx = {"tok": tok, "text": text, "ppl_ids": ppl_ids, "calib_ids": calib,
            "group_size": cfg.group_size,
            "options": {"grid": cfg.awq_grid, "n_sample": cfg.awq_sample}}

@@ -26,10 +26,9 @@ from typing import Any, NamedTuple
 
 import torch
 
+from ..zoo.data import edit_prompts, held_out_prompts
 from . import format_table, interleaved_times, median
 
-EDIT_HEADER = "# Original version:\n"
-EDIT_MIDDLE = "\n\n# The same code, with the comments removed:\n"
 SELF_DRAFT = "int8 dynamic (fbgemm)"  # the quantized copy with the cheapest step on CPU
 
 
@@ -40,25 +39,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hybrid-ks", type=int, nargs="+", default=[2, 3, 4, 6])
     p.add_argument("--repeats", type=int, default=3,
                    help="timed passes over the prompts per row, all rows alternated (3)")
-
-
-def held_out_prompts(tok, n: int, chars: int) -> list[list[int]]:
-    from ..zoo.data import iter_files
-
-    files = [f for f in iter_files("valid") if len(f.text) > 2 * chars][:n]
-    return [tok.encode(f.text[:chars]) for f in files]
-
-
-def edit_prompts(tok, n: int, chars: int) -> list[list[int]]:
-    """Code followed by the start of its rewrite: the continuation mostly repeats it."""
-    from ..zoo.data import iter_files
-
-    files = [f for f in iter_files("valid") if len(f.text) > 2 * chars][:n]
-    out = []
-    for f in files:
-        code = f.text[:chars]
-        out.append(tok.encode(EDIT_HEADER + code + EDIT_MIDDLE + code[:40]))
-    return out
 
 
 PLAIN = "plain (code-m)"

@@ -5,7 +5,7 @@
     importance.py       weight / activation / Taylor-gradient scores (Molchanov et al. 2019)
     structured.py       smaller models: fewer MLP neurons, attention heads or layers
 
-(``viz.py``, lab 03's figures and widgets, is imported on its own: it needs ipywidgets.)
+(Lab 03's figures and widgets are :mod:`infer_lab.lessons.lab03_pruning`.)
 """
 
 from .importance import SCORES, calibration_batches, head_scores, layer_scores, mlp_scores

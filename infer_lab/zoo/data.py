@@ -80,3 +80,25 @@ def held_out_text(max_chars: int | None = None) -> str:
     """Validation files joined with blank lines, optionally cut to ``max_chars``."""
     text = "\n\n".join(f.text for f in iter_files("valid"))
     return text[:max_chars] if max_chars else text
+
+
+# -- prompts cut from the held-out files (lab 05 and ``python -m infer_lab.bench speculative``)
+EDIT_HEADER = "# Original version:\n"
+EDIT_MIDDLE = "\n\n# The same code, with the comments removed:\n"
+
+
+def held_out_prompts(tok, n: int, chars: int) -> list[list[int]]:
+    """The first ``chars`` characters of the first ``n`` held-out files (of those longer
+    than 2 x ``chars``), encoded by ``tok``."""
+    files = [f for f in iter_files("valid") if len(f.text) > 2 * chars][:n]
+    return [tok.encode(f.text[:chars]) for f in files]
+
+
+def edit_prompts(tok, n: int, chars: int) -> list[list[int]]:
+    """Code followed by the start of its rewrite: the continuation mostly repeats it."""
+    files = [f for f in iter_files("valid") if len(f.text) > 2 * chars][:n]
+    out = []
+    for f in files:
+        code = f.text[:chars]
+        out.append(tok.encode(EDIT_HEADER + code + EDIT_MIDDLE + code[:40]))
+    return out

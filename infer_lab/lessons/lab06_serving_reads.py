@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 
 from ..metrics import Timer
-from ..viz import _layout
-from .paged_attention import decode_blocks, paged_attention, paged_decode_attention
+from ..serving.paged_attention import decode_blocks, paged_attention, paged_decode_attention
+from .figures import layout
 
 WAYS = ("gather", "blocks", "contiguous")
 
@@ -93,8 +93,8 @@ def reads_figure(r: ReadTimes, title: str = "One layer's decode attention over t
         text=[f"{r.ms[w]:.2f} ms<br>{r.slots[w]:,} slots" for w in WAYS],
         textposition="outside", marker_color=["#9e9ac8", "#1f77b4", "#bdbdbd"]))
     mean = sum(r.context_lens) / len(r.context_lens)
-    _layout(fig, f"{title}: {len(r.context_lens)} sequences, mean {mean:.0f} / longest "
-                 f"{max(r.context_lens)} tokens, blocks of {r.block_size}",
-            "how attention reads K/V", "ms per layer (median)")
+    layout(fig, f"{title}: {len(r.context_lens)} sequences, mean {mean:.0f} / longest "
+                f"{max(r.context_lens)} tokens, blocks of {r.block_size}",
+           "how attention reads K/V", "ms per layer (median)")
     fig.update_yaxes(range=[0, 1.25 * max(r.ms.values())])  # room for the labels
     return fig

@@ -12,8 +12,9 @@ Two drivers, for the two clocks a serving lab needs:
   (a request already queued is charged the jump), so a sweep costs compute time only.
 
 Both drive anything with the Engine's interface (``add_request``, ``step``,
-``has_unfinished``, ``records``): :class:`Engine`, :class:`StaticBatcher`,
-:class:`DynamicBatcher`.
+``has_unfinished``, ``records``): :class:`~infer_lab.serving.Engine`,
+:class:`~infer_lab.serving.StaticBatcher`, :class:`~infer_lab.serving.DynamicBatcher`.
+Lab 06's figures of them are :mod:`.lab06_serving`.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..metrics import percentiles
-from .sequence import Sequence
+from ..serving.sequence import Sequence
 
 # What a request does during one tick, as the timeline draws it.
 STATES = ("waiting", "prefill", "decode", "padding", "preempted")
@@ -91,9 +92,8 @@ def snapshot(engine) -> BlockSnapshot | None:
 
 def _set_draining(engine, value: bool) -> None:
     # Request-level batchers hold a partial batch while more requests may come; once
-    # the workload has all arrived they must run it.
-    if hasattr(engine, "draining"):
-        engine.draining = value
+    # the workload has all arrived they must run it (ServingEngine.set_draining).
+    engine.set_draining(value)
 
 
 def run_trace(engine, requests: list[Request], arrivals: list[int],
@@ -243,20 +243,3 @@ def make_requests(token_ids: list[int], n: int, prompt_len: tuple[int, int],
         start = rng.randrange(shared_prefix, len(token_ids) - length)
         out.append(Request(head + token_ids[start:start + length], rng.randint(*output_len)))
     return out
-
-
-# Lab 06's experiment sizes per INFER_LAB_SCALE (see infer_lab.scale): the zoo model,
-# the timeline's requests, the load sweep's requests and its rates as multiples of the
-# measured capacity, and the long prompt of the chunked-prefill section.
-LAB_SIZES: dict[str, dict] = {
-    "ci": {"model": "code-s", "timeline": 8, "prompt_len": (8, 48), "output_len": (4, 24),
-           "sweep": 10, "sweep_output_len": (8, 32), "rate_factors": (0.25, 1.0, 2.0),
-           "long_prompt": 384},
-    "laptop": {"model": "code-m", "timeline": 10, "prompt_len": (8, 64), "output_len": (4, 32),
-               "sweep": 24, "sweep_output_len": (8, 64),
-               "rate_factors": (0.25, 0.5, 0.75, 1.0, 1.5, 2.0), "long_prompt": 512},
-    "gpu": {"model": "code-m", "timeline": 12, "prompt_len": (8, 96), "output_len": (4, 40),
-            "sweep": 64, "sweep_output_len": (16, 128),
-            "rate_factors": (0.125, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0),
-            "long_prompt": 768},
-}

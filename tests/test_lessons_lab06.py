@@ -10,9 +10,10 @@ from infer_lab.exercises import serving as ex
 from infer_lab.model import Transformer
 from infer_lab.serving import (BlockManager, DynamicBatcher, Engine, EngineConfig, Scheduler,
                                Sequence, StaticBatcher, Status)
-from infer_lab.serving import viz as sviz
-from infer_lab.serving.trace import (LAB_SIZES, Request, make_requests, poisson_arrivals,
-                                     rate_sweep, replay, run_trace)
+from infer_lab.lessons import lab06_serving as sviz
+from infer_lab.lessons.lab06_serving import SIZES as LAB_SIZES
+from infer_lab.lessons.lab06_serving_trace import (Request, make_requests, poisson_arrivals,
+                                                   rate_sweep, replay, run_trace)
 
 CFG = ModelConfig(vocab_size=97, n_layer=1, n_head=2, n_kv_head=1, d_model=16, max_seq_len=128)
 
@@ -150,7 +151,7 @@ def test_schedule_step_exercise_matches_the_scheduler():
 
 
 def test_compare_reads_counts_slots_and_agrees():
-    from infer_lab.serving.attention_reads import compare_reads, reads_figure
+    from infer_lab.lessons.lab06_serving_reads import compare_reads, reads_figure
 
     r = compare_reads([5, 40, 17], n_head=4, n_kv_head=2, head_dim=8, block_size=16,
                       repeats=2)

@@ -22,14 +22,11 @@ import ipywidgets as W
 import plotly.graph_objects as go
 import torch
 
-from .generate import Sampling, logits_to_probs
-from .model import Transformer
-from .speculative import (verify)
-from .viz import COLORS
-from .widgets import _Calculator, _swap
-
-# Lab-specific sizes per INFER_LAB_SCALE (see infer_lab.scale): new tokens per run, prompts,
-# prompt length (characters), draft lengths k, samples per histogram, timed repeats.
+from ..generate import Sampling, logits_to_probs
+from ..model import Transformer
+from ..speculative import verify
+from .figures import COLORS
+from .widgets import Explorer, swap_figure
 
 
 # -- acceptance rules: the right one (infer_lab.speculative.verify) and wrong ones ----------
@@ -166,7 +163,7 @@ def distribution_figure(cmp: SampleComparison, label: Callable[[int], str] = str
     return fig
 
 
-class DistributionExplorer(_Calculator):
+class DistributionExplorer(Explorer):
     """Pick an acceptance rule and a temperature: target vs speculative histograms."""
 
     def __init__(self, target: Transformer, draft: Transformer, tok, prompt: list[int],
@@ -182,7 +179,7 @@ class DistributionExplorer(_Calculator):
         self.controls = W.HBox([self.rule, self.temperature, self.n, self.button])
         self.readout, self.figure, self.seed = W.HTML(), go.FigureWidget(), 0
         self.button.on_click(lambda _b: self.redraw())
-        self._wire(self.rule, self.temperature, self.n)
+        self.wire(self.rule, self.temperature, self.n)
         self.update()
 
     def redraw(self) -> None:
@@ -192,7 +189,7 @@ class DistributionExplorer(_Calculator):
     def update(self) -> None:
         self.result = compare_samplers(self.target, self.draft, self.prompt, self.n.value,
                                        self.temperature.value, self.rule.value, self.seed)
-        _swap(self.figure, distribution_figure(self.result, lambda t: self.tok.decode([t])))
+        swap_figure(self.figure, distribution_figure(self.result, lambda t: self.tok.decode([t])))
         pt, ps = self.result.pvalues
         verdict = "consistent with" if ps > 0.001 else "<b>not</b>"
         self.readout.value = (f"chi-square p-value, target samples: {pt:.3g}; speculative "

@@ -10,7 +10,9 @@
 * :func:`load_figure`: throughput and p50/p99 latency against the arrival rate.
 * :class:`BlockTableExplorer`, :class:`LoadExplorer`: sliders that redraw them.
 
-Figures follow :mod:`infer_lab.viz` (graph_objects only, axes with units, ms on axes).
+Figures follow :mod:`.figures` (graph_objects only, axes with units, ms on axes). The
+traces they draw come from :mod:`.lab06_serving_trace`; how attention reads the paged pool
+is :mod:`.lab06_serving_reads`. The lab's sizes are ``scale.serving`` (:mod:`infer_lab.scale`).
 """
 
 from __future__ import annotations
@@ -19,9 +21,18 @@ import ipywidgets as W
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from ..viz import COLORS, _layout, latency_cdf_figure
-from ..widgets import _Calculator, _swap
-from .trace import BlockSnapshot, RunStats, Trace
+from ..scale import SCALES, ServingSizes, current_scale
+from .figures import COLORS, latency_cdf_figure, layout
+from .lab06_serving_trace import BlockSnapshot, RunStats, Trace
+from .widgets import Explorer, swap_figure
+
+SIZES = {name: sc.serving for name, sc in SCALES.items()}  # written in scale.py
+
+
+def lab_sizes(scale_name: str | None = None) -> ServingSizes:
+    """The sizes for ``scale_name`` (default: the current INFER_LAB_SCALE)."""
+    return current_scale(scale_name).serving
+
 
 STATE_COLORS = {"idle": "#ffffff", "waiting": "#d9d9d9", "prefill": "#ff7f0e",
                 "decode": "#1f77b4", "padding": "#f4a6a6", "preempted": "#000000"}
@@ -71,7 +82,7 @@ def timeline_figure(traces: dict[str, Trace], title: str = "Requests over engine
             hovertemplate="%{y}, step %{x}: %{text}<extra></extra>"), row=row, col=1)
         fig.update_yaxes(autorange="reversed", row=row, col=1)
     _legend(fig, STATE_COLORS, skip=("idle",), row=1, col=1)
-    _layout(fig, title, "", "", height=max(260 * len(traces), 360))  # before axis titles
+    layout(fig, title, "", "", height=max(260 * len(traces), 360))  # before axis titles
     fig.update_yaxes(title_text="request")
     fig.update_xaxes(title_text="engine step (tick)", row=len(traces), col=1)
     return fig
@@ -85,7 +96,7 @@ def step_time_figure(traces: dict[str, Trace], title: str = "Duration of each st
         fig.add_trace(go.Scatter(y=[s * 1e3 for s in t.seconds], mode="lines+markers",
                                  name=label, marker={"size": 4},
                                  line={"color": COLORS[k % len(COLORS)]}))
-    return _layout(fig, title, "engine step (tick)", "step duration (ms)")
+    return layout(fig, title, "engine step (tick)", "step duration (ms)")
 
 
 def blocks_figure(trace: Trace, title: str = "KV blocks held after each step") -> go.Figure:
@@ -101,7 +112,7 @@ def blocks_figure(trace: Trace, title: str = "KV blocks held after each step") -
         fig.add_trace(go.Scatter(x=[i for i, _ in pre], y=[u for _, u in pre], mode="markers",
                                  name="preemption", marker={"size": 10, "color": "black",
                                                             "symbol": "x"}))
-    return _layout(fig, title, "engine step (tick)", "KV blocks held (blocks)")
+    return layout(fig, title, "engine step (tick)", "KV blocks held (blocks)")
 
 
 # -- block tables -----------------------------------------------------------------------
@@ -156,7 +167,7 @@ def block_table_figure(snap: BlockSnapshot, title: str = "Block tables and the K
                              zmax=len(names) - 0.5, showscale=False, xgap=2, ygap=2,
                              hovertemplate="%{text}<extra></extra>"), row=1, col=2)
     _legend(fig, BLOCK_COLORS, row=1, col=1)
-    _layout(fig, title, "", "", height=max(380, 28 * len(rows) + 160))  # before axis titles
+    layout(fig, title, "", "", height=max(380, 28 * len(rows) + 160))  # before axis titles
     fig.update_yaxes(autorange="reversed")
     fig.update_xaxes(title_text="logical block (tokens / block size)", row=1, col=1)
     fig.update_xaxes(title_text=f"block id mod {pool_cols}", row=1, col=2)
@@ -164,7 +175,7 @@ def block_table_figure(snap: BlockSnapshot, title: str = "Block tables and the K
     return fig
 
 
-class BlockTableExplorer(_Calculator):
+class BlockTableExplorer(Explorer):
     """A slider over the steps of a trace; the block-table picture follows it."""
 
     def __init__(self, trace: Trace, step: int | None = None):
@@ -174,13 +185,13 @@ class BlockTableExplorer(_Calculator):
                                 description="step", continuous_update=False)
         self.controls, self.readout = self.step, W.HTML()
         self.figure = go.FigureWidget()
-        self._wire(self.step)
+        self.wire(self.step)
         self.update()
 
     def update(self) -> None:
         t = self.step.value
         snap = self.trace.snapshots[t]
-        _swap(self.figure, block_table_figure(snap, f"Block tables after step {t}"))
+        swap_figure(self.figure, block_table_figure(snap, f"Block tables after step {t}"))
         st = block_states(snap)
         held = {sid: len(tb) for sid, tb in snap.tables.items()}
         waste = sum(len(tb) * snap.block_size - snap.tokens[sid]
@@ -210,14 +221,14 @@ def load_figure(sweep: dict[str, list[RunStats]], metric: str = "ttft",
     if highlight is not None:
         for col in (1, 2):
             fig.add_vline(x=highlight, line={"color": "gray", "dash": "dash"}, row=1, col=col)
-    _layout(fig, "Throughput and latency as the arrival rate rises", "", "")
+    layout(fig, "Throughput and latency as the arrival rate rises", "", "")
     fig.update_xaxes(title_text="arrival rate (requests/s)")
     fig.update_yaxes(title_text="output throughput (tokens/s)", row=1, col=1)
     fig.update_yaxes(title_text=f"{metric.upper()} (ms)", row=1, col=2)
     return fig
 
 
-class LoadExplorer(_Calculator):
+class LoadExplorer(Explorer):
     """A slider over the swept rates: the load curves mark it, the CDF shows its tail."""
 
     def __init__(self, sweep: dict[str, list[RunStats]], metric: str = "ttft"):
@@ -229,7 +240,7 @@ class LoadExplorer(_Calculator):
         self.metric = W.ToggleButtons(options=["ttft", "e2e", "tpot"], value=metric)
         self.controls, self.readout = W.HBox([self.rate, self.metric]), W.HTML()
         self.figure, self.cdf = go.FigureWidget(), go.FigureWidget()
-        self._wire(self.rate, self.metric)
+        self.wire(self.rate, self.metric)
         self.update()
 
     @property
@@ -238,11 +249,11 @@ class LoadExplorer(_Calculator):
 
     def update(self) -> None:
         i, m = self.rate.value, self.metric.value
-        _swap(self.figure, load_figure(self.sweep, m, self.rates[i]))
+        swap_figure(self.figure, load_figure(self.sweep, m, self.rates[i]))
         runs = {label: runs[i] for label, runs in self.sweep.items()}
-        _swap(self.cdf, latency_cdf_figure({lb: getattr(r, m) for lb, r in runs.items()},
-                                           f"{m.upper()} of every request at "
-                                           f"{self.rates[i]:.3g} requests/s"))
+        swap_figure(self.cdf, latency_cdf_figure({lb: getattr(r, m) for lb, r in runs.items()},
+                                                 f"{m.upper()} of every request at "
+                                                 f"{self.rates[i]:.3g} requests/s"))
         self.readout.value = "<br>".join(
             f"<b>{lb}</b>: {r.throughput:.0f} tokens/s, {m.upper()} p50 "
             f"{r.p(m, 50) * 1e3:.0f} ms, p99 {r.p(m, 99) * 1e3:.0f} ms"

@@ -1,25 +1,22 @@
-"""Lab 02's measurements: the size / perplexity / speed Pareto explorer, and one linear
-layer timed to show when dequantize-then-multiply is slower than fp32.
+"""Lab 02's Pareto explorer: every quantization scheme by size, perplexity and speed.
 
 Every scheme becomes a point (weight size, held-out perplexity, decode tokens/s). A point
 p *dominates* q when it is no bigger and no worse (size_p <= size_q and ppl_p <= ppl_q);
 the Pareto frontier is the set of points nothing dominates, the only schemes worth
 picking (Pareto-optimal trade-offs, as in every quantization paper's size/quality plot).
 
-The schemes come from :mod:`.catalog` (the same ones ``python -m infer_lab.bench quant``
-measures, with the same approach: perplexity of held-out token ids, greedy decode with
-the contenders interleaved). The sliders add round-to-nearest (RTN) points at any
-bits (2..8) and group size: 8 and 4 bits build real Int8Linear / Int4Linear layers;
-other widths are *simulated* (weights quantized then stored back in fp32, their size
-counted as packed codes + fp16 scales), so they have a perplexity and a size but no
-speed of their own.
+The schemes come from :mod:`infer_lab.quant.catalog` (the same ones ``python -m
+infer_lab.bench quant`` measures, with the same approach: perplexity of held-out token
+ids, greedy decode with the contenders interleaved). The sliders add round-to-nearest
+(RTN) points at any bits (2..8) and group size: 8 and 4 bits build real Int8Linear /
+Int4Linear layers; other widths are *simulated* (weights quantized then stored back in
+fp32, their size counted as packed codes + fp16 scales), so they have a perplexity and a
+size but no speed of their own.
 
-Speed on a CPU at batch 1 (one token per forward): reading W dominates a matmul. Our
-Int8Linear/Int4Linear read the small codes, *write* an fp32 copy of W and read that copy
-again for an fp32 matmul, so they move more bytes than fp32 itself. A kernel that
-multiplies int8 directly (fbgemm, behind PyTorch's dynamic quantization) reads 1 byte
-per weight and is the path that gets faster. :func:`.explain.time_linear`
-measures both.
+Why the real int8/int4 layers are slower than fp32 on a CPU at batch 1 is
+:func:`.lab02_quantization_storage.time_linear`; the lab's smaller experiments are
+:mod:`.lab02_quantization_explain`. The lab's sizes are ``scale.quantization``
+(:mod:`infer_lab.scale`).
 """
 
 from __future__ import annotations
@@ -34,10 +31,10 @@ import torch
 from torch import nn
 
 from ..bench import format_table
-from ..viz import COLORS, _layout
-from ..widgets import _Calculator, _swap
-from .apply import Scheme, quantize_model
-from .catalog import (
+from ..metrics import decode_tokens_per_s
+from ..quality import heldout_ids
+from ..quant.apply import Scheme, quantize_model
+from ..quant.catalog import (
     METHOD_NAMES,
     Unavailable,
     build,
@@ -45,40 +42,18 @@ from .catalog import (
     linear_bits_per_weight,
     stored_bytes,
 )
-from .primitives import quantize
+from ..quant.primitives import quantize
+from ..scale import SCALES, QuantizationSizes, current_scale
+from .figures import COLORS, layout
+from .widgets import Explorer, swap_figure
 
 
-@dataclass(frozen=True)
-class LabSizes:
-    """Lab 02's experiment sizes at one INFER_LAB_SCALE."""
-
-    ppl_tokens: int  # held-out tokens scored for perplexity
-    seq_len: int  # perplexity window
-    new_tokens: int  # greedy tokens per timed decode
-    repeats: int  # timed decodes per scheme (median)
-    calib_seqs: int  # GPTQ / AWQ calibration windows ...
-    calib_len: int  # ... of this many training tokens
-    awq_grid: int  # alpha values AWQ tries per layer
-    awq_sample: int  # token inputs that score each alpha
-    linear_repeats: int  # timed calls of one linear layer
-    schemes: tuple[str, ...] | None  # catalog names the explorer measures; None: all
+SIZES = {name: sc.quantization for name, sc in SCALES.items()}  # written in scale.py
 
 
-# At CI scale the slowest decoders (FP8 and NF4 table lookups) stay out; laptop runs all.
-CI_SCHEMES = ("fp32", "int8", "int8 dynamic (fbgemm)", "q8_0", "int4-channel", "int4-g64",
-              "gptq int4-g64", "awq int4-g64", "q4_k_m")
-SIZES = {
-    "ci": LabSizes(512, 128, 12, 2, 4, 64, 4, 256, 50, CI_SCHEMES),
-    "laptop": LabSizes(4096, 256, 32, 3, 16, 256, 10, 1024, 50, None),
-    "gpu": LabSizes(16384, 256, 64, 3, 16, 256, 20, 1024, 100, None),
-}
-
-
-def lab_sizes(scale_name: str | None = None) -> LabSizes:
+def lab_sizes(scale_name: str | None = None) -> QuantizationSizes:
     """The sizes for ``scale_name`` (default: the current INFER_LAB_SCALE)."""
-    from ..scale import scale_name as current
-
-    return SIZES[current(scale_name)]
+    return current_scale(scale_name).quantization
 
 
 @dataclass(frozen=True)
@@ -135,26 +110,6 @@ def simulated_rtn(fp: nn.Module, bits: int, group_size: int) -> tuple[nn.Module,
     return m.eval(), size, bits_stored / n_weights
 
 
-def heldout_ids(tok, n_tokens: int) -> list[int]:
-    """EOS then the first n_tokens of the held-out text (as the benchmark scores it)."""
-    from ..zoo.data import held_out_text
-
-    ids = tok.encode(held_out_text(max_chars=12 * n_tokens))[:n_tokens]
-    return ([tok.eos_id] if tok.eos_id is not None else []) + ids
-
-
-def decode_tokens_per_s(models: dict[str, nn.Module], prompt: list[int], n: int,
-                        repeats: int, progress: bool = False) -> dict[str, float]:
-    """Greedy decode tokens/s at batch 1 (prefill included), contenders alternated."""
-    from tqdm.auto import tqdm
-
-    from ..bench.quant import decode_speeds
-
-    with tqdm(total=len(models) * repeats, desc="decode timing", disable=not progress) as bar:
-        speeds, _ = decode_speeds(models, n, repeats, prompt, bar)
-    return {k: r["tokens_per_s"] for k, r in speeds.items()}
-
-
 def pareto_front(points: Iterable[ParetoPoint], x: str = "bits_per_weight") -> list[ParetoPoint]:
     """The points no other point beats on both size and perplexity, smallest first."""
     front, best = [], float("inf")
@@ -201,8 +156,8 @@ def pareto_figure(points: Sequence[ParetoPoint], x: str = "bits_per_weight",
         fig.add_trace(go.Scatter(x=[xv(p)], y=[p.ppl], mode="markers", name="your setting",
                                  marker={"size": 22, "symbol": "star-open", "color": "black",
                                          "line": {"width": 2}}))
-    _layout(fig, "Size vs perplexity vs speed (code-m, batch 1)", X_AXES[x],
-            "held-out perplexity (per token, lower is better)", height=520)
+    layout(fig, "Size vs perplexity vs speed (code-m, batch 1)", X_AXES[x],
+           "held-out perplexity (per token, lower is better)", height=520)
     fig.update_xaxes(type="log")
     ppl = [p.ppl for p in points]
     if ppl and max(ppl) > 3 * min(ppl):  # 2-bit RTN can be orders of magnitude worse
@@ -211,13 +166,13 @@ def pareto_figure(points: Sequence[ParetoPoint], x: str = "bits_per_weight",
     return fig
 
 
-class ParetoExplorer(_Calculator):
+class ParetoExplorer(Explorer):
     """The catalog's schemes as Pareto points, plus an RTN point for the sliders' bits and
     group size (measured on first use, then cached in ``self.points``)."""
 
     GROUPS = (("channel", 0), ("128", 128), ("64", 64), ("32", 32), ("16", 16))
 
-    def __init__(self, model: nn.Module, tok, sizes: LabSizes | None = None,
+    def __init__(self, model: nn.Module, tok, sizes: QuantizationSizes | None = None,
                  schemes: Sequence[str] | None = None, calib_ids: torch.Tensor | None = None,
                  bits: int = 3, group_size: int = 64, progress: bool = True):
         self.fp, self.sizes, self.progress = model.eval(), sizes or lab_sizes(), progress
@@ -241,7 +196,7 @@ class ParetoExplorer(_Calculator):
         self.readout = W.HTML()
         self.figure = go.FigureWidget()
         self.measure_schemes(schemes or self.sizes.schemes or METHOD_NAMES)
-        self._wire(self.bits, self.group)
+        self.wire(self.bits, self.group)
         self.xaxis.observe(lambda _c: self.redraw(), names="value")
         self.update()
 
@@ -266,7 +221,8 @@ class ParetoExplorer(_Calculator):
             except (Unavailable, ValueError, RuntimeError) as e:
                 self.skipped[name] = f"{type(e).__name__}: {e}"
         tps = decode_tokens_per_s({k: v[0] for k, v in built.items()}, self.prompt,
-                                  self.sizes.new_tokens, self.sizes.repeats, self.progress)
+                                  self.sizes.new_tokens, self.sizes.repeats,
+                                  progress=self.progress)
         for name, (_m, size, bpw, p) in built.items():
             self.points[name] = ParetoPoint(name, size, bpw, p, tps[name])
 
@@ -278,7 +234,8 @@ class ParetoExplorer(_Calculator):
                 m = rtn_model(self.fp, bits, group_size)
                 # fp32 runs again alongside: a busy machine slows both, not just one.
                 tps = decode_tokens_per_s({name: m, "fp32": self.fp}, self.prompt,
-                                          self.sizes.new_tokens, self.sizes.repeats)
+                                          self.sizes.new_tokens, self.sizes.repeats,
+                                          progress=False)
                 self.vs_fp32[name] = tps[name] / tps["fp32"]
                 tps = tps[name]
                 self.points[name] = ParetoPoint(
@@ -305,8 +262,8 @@ class ParetoExplorer(_Calculator):
         self.readout.value = text
 
     def redraw(self) -> None:
-        _swap(self.figure, pareto_figure(list(self.points.values()), self.xaxis.value,
-                                         self.latest))
+        swap_figure(self.figure, pareto_figure(list(self.points.values()), self.xaxis.value,
+                                               self.latest))
 
     def table(self) -> str:
         """The measured points, fp32 first, as a plain-text table."""

@@ -1,4 +1,4 @@
-"""Lab 04's figures, widgets and measurements: teaching a small model with a big one.
+"""Lab 04's figures, widgets and demo drivers: teaching a small model with a big one.
 
 * Soft targets (Hinton et al. 2015): ``p_i = softmax(z / T)_i``. At T = 1 the teacher's
   next-token distribution is peaked; a higher T shows the "dark knowledge" in the tail,
@@ -11,64 +11,35 @@
   ``KL(p || q)`` covers both modes (mean-seeking), ``KL(q || p)`` picks one (mode-seeking).
   :func:`fit_gaussian` shows both on a toy distribution.
 * :class:`LiveCurves` draws training curves while ``distill()`` runs, through its callback.
+
+The lab's sizes are ``scale.distillation`` (:mod:`infer_lab.scale`); lab 03's
+prune-then-distill reads them too.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
 
 import ipywidgets as W
 import numpy as np
 import plotly.graph_objects as go
 import torch
 
-from ..viz import COLORS, _layout
-from ..widgets import _Calculator, _swap
-from .loop import DistillConfig
+from ..scale import SCALES, DistillationSizes, current_scale
+from .figures import COLORS, layout
+from .widgets import Explorer, swap_figure
 
 
-@dataclass(frozen=True)
-class LabSizes:
-    """Lab 04's experiment sizes at one INFER_LAB_SCALE (also lab 03's prune-then-distill)."""
-
-    train_chars: int  # training text (spread over the train split's files)
-    valid_chars: int  # held-out text the runs are evaluated on
-    steps: int  # training steps of each run
-    batch_size: int
-    seq_len: int
-    eval_every: int  # steps between points of the live curves
-    eval_tokens: int  # held-out tokens per evaluation
-    lr: float
-    n_samples: int  # teacher samples for sequence-level KD ...
-    sample_len: int  # ... of this many tokens each
-
-    def config(self, **overrides) -> DistillConfig:
-        """A DistillConfig of these sizes (the loss and temperature from ``overrides``)."""
-        base = DistillConfig(steps=self.steps, batch_size=self.batch_size,
-                             seq_len=self.seq_len, lr=self.lr, min_lr=self.lr / 10,
-                             warmup=max(1, self.steps // 10), eval_every=self.eval_every,
-                             eval_tokens=self.eval_tokens)
-        return replace(base, **overrides)
+SIZES = {name: sc.distillation for name, sc in SCALES.items()}  # written in scale.py
 
 
-# lr: the zoo's for code-s, since lab 04's students start from random weights.
-SIZES = {
-    "ci": LabSizes(400_000, 60_000, 16, 4, 64, 4, 1024, 3e-3, 16, 64),
-    "laptop": LabSizes(4_000_000, 200_000, 200, 8, 128, 20, 8192, 3e-3, 128, 128),
-    "gpu": LabSizes(16_000_000, 400_000, 1000, 16, 256, 50, 32768, 3e-3, 512, 256),
-}
-
-
-def lab_sizes(scale_name: str | None = None) -> LabSizes:
+def lab_sizes(scale_name: str | None = None) -> DistillationSizes:
     """The sizes for ``scale_name`` (default: the current INFER_LAB_SCALE)."""
-    from ..scale import scale_name as current
-
-    return SIZES[current(scale_name)]
+    return current_scale(scale_name).distillation
 
 
-def valid_loss(model, valid_ids: np.ndarray, sizes: LabSizes) -> float:
+def valid_loss(model, valid_ids: np.ndarray, sizes: DistillationSizes) -> float:
     """Held-out loss (nats/token) measured exactly as ``distill()`` measures its runs."""
     from ..zoo.train import evaluate
 
@@ -133,12 +104,12 @@ def soft_targets_figure(logits: torch.Tensor, labels: Sequence[str],
         fig.add_trace(go.Bar(x=names, y=[float(p[i]) for i in top],
                              name=f"T = {T:g} ({entropy_bits(p):.2f} bits)",
                              marker_color=COLORS[k % len(COLORS)]))
-    _layout(fig, "Teacher's next-token distribution, softened", "token (top at T = 1)",
-            "probability (unitless)", barmode="group")
+    layout(fig, "Teacher's next-token distribution, softened", "token (top at T = 1)",
+           "probability (unitless)", barmode="group")
     return fig
 
 
-class TemperatureExplorer(_Calculator):
+class TemperatureExplorer(Explorer):
     """Slide the temperature: the teacher's distribution over its top tokens, redrawn,
     beside T = 1 for reference."""
 
@@ -151,12 +122,13 @@ class TemperatureExplorer(_Calculator):
         self.controls = W.HBox([self.temperature])
         self.readout = W.HTML()
         self.figure = go.FigureWidget()
-        self._wire(self.temperature)
+        self.wire(self.temperature)
         self.update()
 
     def update(self) -> None:
         T = self.temperature.value
-        _swap(self.figure, soft_targets_figure(self.logits, self.labels, (1.0, T), self.top_k))
+        swap_figure(self.figure,
+                    soft_targets_figure(self.logits, self.labels, (1.0, T), self.top_k))
         p = torch.softmax(self.logits / T, -1)
         k = self.top_k
         self.readout.value = (f"T = <b>{T:.3g}</b>: top token {float(p.max()):.1%}, "
@@ -186,8 +158,8 @@ def grad_norm_figure(temperatures: Sequence[float], norms: dict[str, list[float]
     for k, (label, ys) in enumerate(norms.items()):
         fig.add_trace(go.Scatter(x=list(temperatures), y=ys, mode="lines+markers", name=label,
                                  line={"color": COLORS[k]}))
-    _layout(fig, "Size of the distillation gradient against temperature", "temperature T (log)",
-            "‖∂loss/∂student logits‖ (log)")
+    layout(fig, "Size of the distillation gradient against temperature", "temperature T (log)",
+           "‖∂loss/∂student logits‖ (log)")
     fig.update_xaxes(type="log")
     fig.update_yaxes(type="log")
     return fig
@@ -239,8 +211,8 @@ def kl_fit_figure(x: torch.Tensor, p: torch.Tensor, fits: dict[str, torch.Tensor
     for k, (label, q) in enumerate(fits.items()):
         fig.add_trace(go.Scatter(x=x.tolist(), y=q.tolist(), name=label,
                                  line={"color": COLORS[k + 1], "width": 3}))
-    return _layout(fig, "A one-mode student fitted to a two-mode teacher", "x (toy outcome)",
-                   "probability (unitless)")
+    return layout(fig, "A one-mode student fitted to a two-mode teacher", "x (toy outcome)",
+                  "probability (unitless)")
 
 
 def kl_both(p: torch.Tensor, q: torch.Tensor) -> tuple[float, float]:
@@ -262,7 +234,7 @@ class LiveCurves:
                  key: str = "valid_loss", ytitle: str = "validation loss (nats/token)"):
         self.key = key
         self.runs: dict[str, list[tuple[int, float]]] = {}
-        self.figure = go.FigureWidget(_layout(go.Figure(), title, "training step", ytitle))
+        self.figure = go.FigureWidget(layout(go.Figure(), title, "training step", ytitle))
 
     def callback(self, label: str, start: float | None = None) -> Callable[[int, dict], None]:
         """A ``callback(step, record)`` that adds record[key] to the line ``label``;
@@ -298,4 +270,4 @@ def final_bars_figure(values: dict[str, float], title: str, ytitle: str,
                            marker_color=COLORS[: len(values)]))
     for label, v in (reference or {}).items():
         fig.add_hline(y=v, line={"dash": "dash", "color": "grey"}, annotation_text=label)
-    return _layout(fig, title, "", ytitle, showlegend=False)
+    return layout(fig, title, "", ytitle, showlegend=False)

@@ -10,8 +10,10 @@ With per-token acceptance alpha and a draft step costing c target steps:
 Here: verification costs about one forward (:func:`time_forward`); alpha, c and the speedup
 against k for several drafts, prompt lookup (Saxena 2023) among them (:func:`sweep`,
 :class:`SpeedupExplorer`); where speculation pays at all (:func:`breakeven_figure`).
-The distribution check is :mod:`infer_lab.speculative_check`. The technique itself lives
-in :mod:`infer_lab.speculative`; these modules only measure it.
+The distribution check is :mod:`.lab05_speculative_distribution`. The technique itself
+lives in :mod:`infer_lab.speculative`; these modules only measure it. The lab's sizes are
+``scale.speculative`` (:mod:`infer_lab.scale`), its prompts
+:func:`infer_lab.zoo.data.held_out_prompts` and :func:`~infer_lab.zoo.data.edit_prompts`.
 """
 
 from __future__ import annotations
@@ -27,25 +29,22 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
-from .generate import Sampling, generate
-from .hardware import synchronize
-from .kv_cache import KVCache
-from .model import Transformer
-from .speculative import (PromptLookupDrafter, SpecStats, quantized_draft, speculative_decode,
-                          theoretical_speedup)
-from .viz import COLORS
-from .widgets import _Calculator, _swap
+from ..generate import Sampling, generate
+from ..hardware import synchronize
+from ..kv_cache import KVCache
+from ..model import Transformer
+from ..scale import SCALES, SpeculativeSizes, current_scale
+from ..speculative import (PromptLookupDrafter, SpecStats, quantized_draft, speculative_decode,
+                           theoretical_speedup)
+from .figures import COLORS
+from .widgets import Explorer, swap_figure
 
-# Lab-specific sizes per INFER_LAB_SCALE (see infer_lab.scale): new tokens per run, prompts,
-# prompt length (characters), draft lengths k, samples per histogram, timed repeats.
-SIZES = {
-    "ci": {"n_new": 48, "n_prompts": 3, "chars": 500, "ks": (1, 2, 4), "samples": 1500,
-           "repeats": 2},
-    "laptop": {"n_new": 64, "n_prompts": 3, "chars": 500, "ks": (1, 2, 3, 4, 6),
-               "samples": 4000, "repeats": 2},
-    "gpu": {"n_new": 96, "n_prompts": 4, "chars": 600, "ks": (1, 2, 3, 4, 6, 8),
-            "samples": 20000, "repeats": 2},
-}
+SIZES = {name: sc.speculative for name, sc in SCALES.items()}  # written in scale.py
+
+
+def lab_sizes(scale_name: str | None = None) -> SpeculativeSizes:
+    """The sizes for ``scale_name`` (default: the current INFER_LAB_SCALE)."""
+    return current_scale(scale_name).speculative
 
 
 # -- verification is one forward ------------------------------------------------------------
@@ -161,7 +160,7 @@ def sweep(target: Transformer, drafter, prompts: list[list[int]], ks: Sequence[i
 
 def points_table(points: Sequence[SweepPoint]) -> str:
     """A plain-text table of a sweep, measured next to the formulas."""
-    from .bench import format_table
+    from ..bench import format_table
 
     rows = [[f"k={p.k}", p.alpha, p.acceptance_rate, p.tokens_per_call, p.expected_tokens,
              p.c, p.speedup, p.theory] for p in points]
@@ -199,7 +198,7 @@ def speedup_figure(curves: dict[str, Sequence[SweepPoint]], k_selected: int | No
     return fig
 
 
-class SpeedupExplorer(_Calculator):
+class SpeedupExplorer(Explorer):
     """Sliders for k and temperature, a draft picker: measured vs theoretical speedup.
 
     Each (draft, temperature) is measured once for every k and kept in ``results``; the
@@ -207,7 +206,7 @@ class SpeedupExplorer(_Calculator):
     """
 
     def __init__(self, target: Transformer, draft: Transformer, prompts: list[list[int]],
-                 sizes: dict, temperatures: Sequence[float] = (0.0, 0.5, 1.0)):
+                 sizes: SpeculativeSizes | dict, temperatures: Sequence[float] = (0.0, 0.5, 1.0)):
         self.target, self.small, self.prompts, self.sizes = target, draft, prompts, sizes
         self.results: dict[tuple[str, float], list[SweepPoint]] = {}
         self.drafters: dict[str, object] = {}
@@ -219,7 +218,7 @@ class SpeedupExplorer(_Calculator):
                                    description="k", continuous_update=False)
         self.controls = W.HBox([self.draft, self.temperature, self.k])
         self.readout, self.figure = W.HTML(), go.FigureWidget()
-        self._wire(self.draft, self.temperature, self.k)
+        self.wire(self.draft, self.temperature, self.k)
         self.update()
 
     def points(self, draft: str, temperature: float) -> list[SweepPoint]:
@@ -240,7 +239,7 @@ class SpeedupExplorer(_Calculator):
         self.readout.value = "measuring..."
         pt = next(p for p in self.points(self.draft.value, T) if p.k == k)
         curves = {d: pts for (d, t), pts in self.results.items() if t == T}
-        _swap(self.figure, speedup_figure(curves, k))
+        swap_figure(self.figure, speedup_figure(curves, k))
         pos = ", ".join(f"{a:.2f}" for a in pt.by_position)
         self.readout.value = (
             f"<b>{self.draft.value}</b>, k={k}, temperature {T:g}: alpha = {pt.alpha:.3f}, "

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from infer_lab import speculative_check as sc
-from infer_lab import speculative_widgets as sw
+from infer_lab.lessons import lab05_speculative as sw
+from infer_lab.lessons import lab05_speculative_distribution as sc
 from infer_lab.config import ModelConfig
 from infer_lab.generate import GREEDY
 from infer_lab.model import Transformer

@@ -1,4 +1,4 @@
-"""Lab 02's helpers: Pareto points are sane, figures build, the explorer's sliders add points."""
+"""Lab 02's lessons: Pareto points are sane, figures build, the explorer's sliders add points."""
 
 import pytest
 import torch
@@ -6,13 +6,16 @@ import torch
 from infer_lab.config import get_config
 from infer_lab.exercises import quantization as ex
 from infer_lab.model import Transformer
-from infer_lab.quant import explain, explore
+from infer_lab.lessons import lab02_quantization as explore  # the Pareto explorer
+from infer_lab.lessons import lab02_quantization_explain as explain
+from infer_lab.lessons import lab02_quantization_storage as storage
 from infer_lab.quant.catalog import eligible, stored_bytes
 from infer_lab.quant.primitives import pack_int4, quantize
+from infer_lab.scale import QuantizationSizes
 
-TINY = explore.LabSizes(ppl_tokens=64, seq_len=32, new_tokens=2, repeats=1, calib_seqs=2,
-                        calib_len=16, awq_grid=2, awq_sample=32, linear_repeats=2,
-                        schemes=("fp32", "int8", "int4-g64"))
+TINY = QuantizationSizes(ppl_tokens=64, seq_len=32, new_tokens=2, repeats=1, calib_seqs=2,
+                         calib_len=16, awq_grid=2, awq_sample=32, linear_repeats=2,
+                         schemes=("fp32", "int8", "int4-g64"))
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +118,7 @@ def test_explain_figures_build(tiny):
     e = explain.outlier_matmul_errors()
     assert e["outlier, LLM.int8() decomposition"] < e["outlier, int8 per-token absmax"]
     block = torch.arange(34, dtype=torch.uint8)
-    fig = explain.block_bytes_figure(block, explain.Q8_0_FIELDS, "q8_0")
+    fig = storage.block_bytes_figure(block, storage.Q8_0_FIELDS, "q8_0")
     assert fig.data[0].text[0][0] == "00" and fig.data[0].text[2][1] == "21"
 
 
@@ -142,20 +145,20 @@ def test_gptq_steps_match_the_package():
 
 
 def test_kv_helpers(tiny, tok):
-    runs = explain.kv_cache_runs(tiny, tok.encode("def f():"), 4, group=4)
+    runs = storage.kv_cache_runs(tiny, tok.encode("def f():"), 4, group=4)
     b = [r["bytes"] for r in runs.values()]
     assert b[1] < b[0] and all(len(r["tokens"]) == 4 for r in runs.values())
-    per = explain.kv_bytes_per_token(tiny, [64, 512])
+    per = storage.kv_bytes_per_token(tiny, [64, 512])
     assert per["int8 per token"][0] < per["no quantization"][0]
     kivi = next(v for k, v in per.items() if "KIVI" in k)
     assert kivi[1] < kivi[0]  # the residual group amortizes
 
 
 def test_time_linear_and_bytes_moved():
-    t = explain.time_linear(64, 128, batches=(1,), repeats=1)
+    t = storage.time_linear(64, 128, batches=(1,), repeats=1)
     assert {"fp32", "Int8Linear (dequantize, fp32 matmul)"} <= set(t[1])
     assert all(ms > 0 for ms in t[1].values())
-    moved = explain.bytes_moved(64, 128)
+    moved = storage.bytes_moved(64, 128)
     assert set(t[1]) <= set(moved)
     assert moved["Int8Linear (dequantize, fp32 matmul)"] > moved["fp32"]
 

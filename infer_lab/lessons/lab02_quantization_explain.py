@@ -8,32 +8,30 @@
   per-token absmax scale; splitting it out keeps the int8 matmul accurate.
 * GPTQ (Frantar et al. 2022) and AWQ (Lin et al. 2023) against RTN on one layer: both
   aim at the layer *output* error ||X W^T - X W_hat^T||, not the weight error.
-* GGUF block bytes (llama.cpp): one Q8_0 block and one Q4_K super-block, byte by byte.
-* KV-cache quantization (KIVI, Liu et al. 2024): bytes held and tokens that still agree.
-* Speed: one linear layer timed in fp32, dequantize-then-multiply and fbgemm int8.
+
+Where the bytes go (GGUF blocks, the KV cache, a dequantizing layer) is
+:mod:`.lab02_quantization_storage`; the Pareto explorer is :mod:`.lab02_quantization`.
 """
 
 from __future__ import annotations
 
 import math
-import statistics
-from collections.abc import Sequence
 
 import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 from torch import nn
 
-from ..viz import COLORS, _layout
-from .catalog import eligible
-from .primitives import quantize
+from ..quant.catalog import eligible
+from ..quant.primitives import quantize
+from .figures import COLORS, layout
 
 
 # -- number formats -----------------------------------------------------------------------
 def number_grids() -> dict[str, torch.Tensor]:
     """Representable values of each format after its scale maps max|w| to 1 (sorted)."""
-    from .fp8 import E4M3, decode_table
-    from .nf4 import nf4_code
+    from ..quant.fp8 import E4M3, decode_table
+    from ..quant.nf4 import nf4_code
 
     fp8 = decode_table(E4M3)
     fp8 = torch.unique(fp8[torch.isfinite(fp8)]) / E4M3.max_value  # 253 values, -0 == 0
@@ -63,7 +61,7 @@ def number_grid_figure(grids: dict[str, torch.Tensor], weights: torch.Tensor | N
                                  marker={"size": 7, "color": COLORS[k], "symbol": "line-ns-open",
                                          "line": {"width": 2, "color": COLORS[k]}}),
                       row=2, col=1)
-    _layout(fig, "Where each format puts its values", "", "", height=460)
+    layout(fig, "Where each format puts its values", "", "", height=460)
     fig.update_xaxes(title_text="value after scaling (max|w| = 1, unitless)", row=2, col=1)
     fig.update_yaxes(title_text="weights (count)", row=1, col=1)
     return fig
@@ -74,7 +72,7 @@ def granularity_errors(model: nn.Module, bits: tuple[int, ...] = (8, 4, 3),
                        groups: tuple[int, ...] = (128, 64, 32)) -> list[dict]:
     """Relative weight error and bits per weight (fp16 scales) of RTN over every eligible
     linear of ``model``, per tensor, per channel and per group."""
-    from .explore import fit_group
+    from .lab02_quantization import fit_group
 
     ws = [lin.weight.detach().float() for lin in eligible(model).values()]
     rows = []
@@ -103,9 +101,9 @@ def granularity_figure(rows: list[dict]) -> go.Figure:
                                  y=[r["rel_error"] for r in rs], mode="lines+markers+text",
                                  text=[r["granularity"] for r in rs], textposition="top right",
                                  name=f"{b} bits", line={"color": COLORS[k]}))
-    _layout(fig, "Granularity: finer scales, smaller error, more bits",
-            "storage (bits per weight, codes + fp16 scales)",
-            "relative weight error ||W - Ŵ|| / ||W|| (log)")
+    layout(fig, "Granularity: finer scales, smaller error, more bits",
+           "storage (bits per weight, codes + fp16 scales)",
+           "relative weight error ||W - Ŵ|| / ||W|| (log)")
     fig.update_yaxes(type="log")
     return fig
 
@@ -119,7 +117,7 @@ def outlier_matmul_errors(n_tokens: int = 16, d_in: int = 256, d_out: int = 256,
     Errors are relative to the output of the ordinary columns, ||X[:, ~7] W[:, ~7]^T||:
     the signal the outlier's scale crushes (the outlier's own term stays accurate).
     """
-    from .llm_int8 import int8_matmul_decomposed
+    from ..quant.llm_int8 import int8_matmul_decomposed
 
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n_tokens, d_in, generator=g)  # (T, in)
@@ -144,8 +142,8 @@ def calibrated_errors(w: torch.Tensor, x_calib: torch.Tensor, x_eval: torch.Tens
                       ) -> tuple[dict[str, dict[str, float]], list[tuple[float, float]]]:
     """({method: {"weight": rel weight error, "output": rel output error on x_eval}},
     AWQ's search curve [(alpha, rel output error on x_calib)]) for W (out, in)."""
-    from .awq import awq_scales
-    from .gptq import gptq_quantize_weight, hessian
+    from ..quant.awq import awq_scales
+    from ..quant.gptq import gptq_quantize_weight, hessian
 
     w = w.detach().float()
     rtn = lambda m: quantize(m, bits, "group", group_size,
@@ -171,9 +169,10 @@ def calibrated_errors(w: torch.Tensor, x_calib: torch.Tensor, x_eval: torch.Tens
 def gptq_steps(w: torch.Tensor, x: torch.Tensor, bits: int = 3, damp: float = 0.01
                ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
     """GPTQ the textbook way, one column at a time: (codes, per-row scales, W after each
-    step). Same result as :func:`.gptq.gptq_quantize_weight` with one scale per row, which
-    gets the rows of the shrinking H^-1 from one Cholesky factor instead of the update below."""
-    from .gptq import hessian
+    step). Same result as :func:`infer_lab.quant.gptq.gptq_quantize_weight` with one scale
+    per row, which gets the rows of the shrinking H^-1 from one Cholesky factor instead of
+    the update below."""
+    from ..quant.gptq import hessian
 
     W = w.detach().double().clone()  # (out, in), rounded column by column
     H = hessian(x)  # (in, in)
@@ -199,8 +198,8 @@ def gptq_steps_figure(snaps: list[torch.Tensor], row: int = 0) -> go.Figure:
         fig.add_trace(go.Scatter(x=list(range(len(snaps))), y=vals[:, k].tolist(),
                                  mode="lines+markers", name=f"w[{row}, {k}]",
                                  line={"color": COLORS[k % len(COLORS)]}))
-    return _layout(fig, f"GPTQ on row {row}: each step rounds one column, updates the rest",
-                   "columns rounded so far (step)", "weight value (unitless)")
+    return layout(fig, f"GPTQ on row {row}: each step rounds one column, updates the rest",
+                  "columns rounded so far (step)", "weight value (unitless)")
 
 
 def calibrated_errors_figure(res: dict[str, dict[str, float]]) -> go.Figure:
@@ -211,8 +210,8 @@ def calibrated_errors_figure(res: dict[str, dict[str, float]]) -> go.Figure:
         fig.add_trace(go.Bar(x=list(res), y=[r[key] for r in res.values()], name=label,
                              marker_color=COLORS[k],
                              text=[f"{r[key]:.4f}" for r in res.values()], textposition="outside"))
-    return _layout(fig, "RTN vs GPTQ vs AWQ on one layer (4-bit, g64)", "method",
-                   "relative error (unitless)", barmode="group")
+    return layout(fig, "RTN vs GPTQ vs AWQ on one layer (4-bit, g64)", "method",
+                  "relative error (unitless)", barmode="group")
 
 
 def awq_curve_figure(curve: list[tuple[float, float]]) -> go.Figure:
@@ -222,133 +221,6 @@ def awq_curve_figure(curve: list[tuple[float, float]]) -> go.Figure:
     best = min(curve, key=lambda t: t[1])
     fig.add_trace(go.Scatter(x=[best[0]], y=[best[1]], mode="markers", name="chosen alpha",
                              marker={"size": 14, "symbol": "star", "color": "black"}))
-    return _layout(fig, "AWQ: searching the scale exponent on calibration inputs",
-                   "alpha in s = mean|x|^alpha (unitless)",
-                   "output error on calibration inputs (relative)", showlegend=False)
-
-
-# -- GGUF bytes ----------------------------------------------------------------------------
-Q8_0_FIELDS = [("d (fp16 scale)", 0, 2), ("qs: 32 int8 codes", 2, 34)]
-Q4_K_FIELDS = [("d (fp16)", 0, 2), ("dmin (fp16)", 2, 4),
-               ("scales: 8 six-bit scales + 8 six-bit mins", 4, 16),
-               ("qs: 256 four-bit codes, two per byte", 16, 144)]
-
-
-def block_bytes_figure(block: torch.Tensor, fields: list[tuple[str, int, int]], title: str,
-                       cols: int = 16) -> go.Figure:
-    """One cell per byte of a block (uint8 (n,)), coloured by field, labelled in hex."""
-    n = block.numel()
-    rows = -(-n // cols)
-    z = [[None] * cols for _ in range(rows)]
-    text = [[""] * cols for _ in range(rows)]
-    hover = [[""] * cols for _ in range(rows)]
-    for k, (name, a, b) in enumerate(fields):
-        for i in range(a, b):
-            r, c = divmod(i, cols)
-            z[r][c], text[r][c] = k, f"{int(block[i]):02x}"
-            hover[r][c] = f"byte {i}: 0x{int(block[i]):02x} = {int(block[i])}<br>{name}"
-    scale = [[k / max(len(fields) - 1, 1), COLORS[k]] for k in range(len(fields))]
-    fig = go.Figure(go.Heatmap(z=z, text=text, texttemplate="%{text}", customdata=hover,
-                               hovertemplate="%{customdata}<extra></extra>", xgap=2, ygap=2,
-                               colorscale=scale, showscale=False))
-    for k, (name, a, b) in enumerate(fields):  # a legend entry per field
-        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=f"{name} "
-                                 f"(bytes {a}..{b - 1})", marker={"color": COLORS[k],
-                                                                  "symbol": "square", "size": 12}))
-    _layout(fig, title, "byte within the row (column)", "row of 16 bytes (row)",
-            height=120 + 34 * rows)
-    fig.update_yaxes(autorange="reversed")
-    fig.update_layout(legend={"orientation": "h", "y": -0.25})
-    return fig
-
-
-# -- KV cache ---------------------------------------------------------------------------------
-def kv_cache_runs(model: nn.Module, prompt: list[int], n_tokens: int, group: int = 32
-                  ) -> dict[str, dict]:
-    """Greedy decode through an fp cache, an int8 cache and a KIVI int4 cache: bytes the
-    cache holds (allocated for prompt + n_tokens) and how many tokens match the fp run."""
-    from ..generate import collect, decode_steps
-    from ..kv_cache import KVCache
-    from .kv import QuantizedKVCache
-
-    total = len(prompt) + n_tokens
-    caches = {f"{str(model.dtype).replace('torch.', '')} (no quantization)":
-              KVCache.for_model(model, 1, total),
-              "int8 per token": QuantizedKVCache.for_model(model, 1, total, bits=8),
-              f"int4 KIVI (keys per channel, group {group})":
-              QuantizedKVCache.for_model(model, 1, total, bits=4, group=group)}
-    from tqdm.auto import tqdm
-
-    out, ref = {}, None
-    for name, cache in tqdm(caches.items(), desc="KV caches", leave=False):
-        toks = collect(decode_steps(model, [prompt], n_tokens, cache=cache), 1, n_tokens)[0]
-        ref = toks if ref is None else ref
-        same = next((i for i, (a, b) in enumerate(zip(toks, ref)) if a != b), len(ref))
-        out[name] = {"bytes": cache.bytes(), "bytes_per_token": cache.bytes() / total,
-                     "tokens": toks, "agree": same, "cache": cache}
-    return out
-
-
-def kv_bytes_per_token(model: nn.Module, lengths: list[int], group: int = 32
-                       ) -> dict[str, list[float]]:
-    """Bytes per token each cache allocates for a context of L tokens, for each L. KIVI's
-    full-precision residual (one group of keys per layer and head) is a fixed cost that
-    longer contexts amortize."""
-    from ..kv_cache import KVCache
-    from .kv import QuantizedKVCache
-
-    make = {"no quantization": lambda L: KVCache.for_model(model, 1, L),
-            "int8 per token": lambda L: QuantizedKVCache.for_model(model, 1, L, bits=8),
-            f"int4 KIVI (group {group})":
-            lambda L: QuantizedKVCache.for_model(model, 1, L, bits=4, group=group)}
-    return {k: [f(L).bytes() / L for L in lengths] for k, f in make.items()}
-
-
-def key_magnitude_figure(cache, layer: int = 0, head: int = 0) -> go.Figure:
-    """|K| of one head over tokens x channels: a few channels are large in every token,
-    which is why KIVI gives keys one scale per channel."""
-    k = cache.k[layer, 0, head, :cache.length].abs().float()  # (T, head_dim)
-    fig = go.Figure(go.Heatmap(z=k.tolist(), colorscale="Viridis",
-                               colorbar={"title": "|k|"}))
-    return _layout(fig, f"Key magnitudes, layer {layer}, KV head {head}",
-                   "channel of the key vector (index)", "token position (tokens)")
-
-
-# -- one linear layer, timed -------------------------------------------------------------
-def time_linear(in_features: int = 768, out_features: int = 3072, batches: Sequence[int] = (1,),
-                repeats: int = 20, seed: int = 0) -> dict[int, dict[str, float]]:
-    """Median ms per call of one linear layer (GPT-2's MLP up-projection by default) in
-    fp32, as our dequantize-then-multiply Int8Linear / Int4Linear, and as PyTorch's
-    dynamic int8 (fbgemm's int8 GEMM), for each batch of token rows."""
-    from ..bench import interleaved_times
-    from .catalog import Unavailable, dynamic_int8
-    from .int4 import Int4Linear
-    from .int8 import Int8Linear
-
-    torch.manual_seed(seed)
-    lin = nn.Linear(in_features, out_features).eval()
-    layers: dict[str, nn.Module] = {
-        "fp32": lin,
-        "Int8Linear (dequantize, fp32 matmul)": Int8Linear.from_linear(lin),
-        "Int4Linear g64 (dequantize, fp32 matmul)": Int4Linear.from_linear(lin, "group", 64)}
-    try:
-        layers["int8 dynamic (fbgemm int8 GEMM)"] = dynamic_int8(nn.Sequential(lin), {})
-    except Unavailable:
-        pass  # no fbgemm here (e.g. an ARM build): the table says which paths ran
-    out = {}
-    with torch.inference_mode():
-        for b in batches:
-            x = torch.randn(b, in_features)  # (B, in): B tokens, one forward
-            fns = {k: (lambda m=m, x=x: m(x)) for k, m in layers.items()}
-            times = interleaved_times(fns, repeats, warmup=3)
-            out[b] = {k: 1e3 * statistics.median(t) for k, t in times.items()}
-    return out
-
-
-def bytes_moved(in_features: int = 768, out_features: int = 3072) -> dict[str, int]:
-    """Weight bytes each path reads or writes per call (activations are tiny at batch 1):
-    the dequantizing layers read the codes, write an fp32 W, then read it for the matmul."""
-    n = in_features * out_features
-    return {"fp32": 4 * n, "Int8Linear (dequantize, fp32 matmul)": n + 4 * n + 4 * n,
-            "Int4Linear g64 (dequantize, fp32 matmul)": n // 2 + 4 * n + 4 * n,
-            "int8 dynamic (fbgemm int8 GEMM)": n}
+    return layout(fig, "AWQ: searching the scale exponent on calibration inputs",
+                  "alpha in s = mean|x|^alpha (unitless)",
+                  "output error on calibration inputs (relative)", showlegend=False)

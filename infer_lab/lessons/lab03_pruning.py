@@ -1,4 +1,4 @@
-"""Lab 03's figures, widgets and measurements: what pruning costs and what it buys.
+"""Lab 03's figures, widgets and demo drivers: what pruning costs and what it buys.
 
 * Magnitude pruning (Han et al. 2015) zeroes the weights of smallest ``|w|``. Quality
   holds up to a point, then collapses: :class:`SparsityExplorer` redraws held-out
@@ -12,7 +12,10 @@
   pattern sparse tensor cores (NVIDIA Ampere and later) skip in hardware:
   :func:`pattern_2_4_figure` draws it.
 * Structured pruning removes whole MLP neurons: the matrices shrink and the matmuls
-  with them, on any hardware. :func:`decode_tokens_per_s` measures it.
+  with them, on any hardware. :func:`infer_lab.metrics.decode_tokens_per_s` measures it.
+
+The lab's sizes are ``scale.pruning`` (:mod:`infer_lab.scale`); its held-out ids come
+from :func:`infer_lab.quality.heldout_ids`.
 """
 
 from __future__ import annotations
@@ -20,7 +23,6 @@ from __future__ import annotations
 import copy
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import ipywidgets as W
 import plotly.graph_objects as go
@@ -28,49 +30,18 @@ import torch
 from torch import nn
 
 from ..bench import interleaved_times
-from ..generate import GREEDY, generate
 from ..quality import perplexity
-from ..viz import COLORS, _layout
-from ..widgets import _Calculator, _swap
+from ..scale import SCALES, PruningSizes, current_scale
+from .figures import COLORS, layout
+from .widgets import Explorer, swap_figure
 
 
-@dataclass(frozen=True)
-class LabSizes:
-    """Lab 03's experiment sizes at one INFER_LAB_SCALE."""
-
-    ppl_tokens: int  # held-out tokens scored for perplexity
-    seq_len: int  # perplexity window
-    sparsities: tuple[float, ...]  # points the sparsity explorer measures up front
-    decode_tokens: int  # greedy tokens per timed decode ...
-    decode_batch: int  # ... for this many sequences at once
-    repeats: int  # timed decodes per model (best of)
-    matmul_repeats: int  # timed calls of one linear layer
-    calib_tokens: int  # calibration tokens that score MLP neurons
-    recover_steps: int  # distillation steps that heal the pruned model
+SIZES = {name: sc.pruning for name, sc in SCALES.items()}  # written in scale.py
 
 
-SIZES = {
-    "ci": LabSizes(512, 128, (0.0, 0.5, 0.7, 0.9), 16, 4, 3, 20, 1024, 12),
-    "laptop": LabSizes(2048, 256, (0.0, 0.2, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9), 32, 8, 5, 50,
-                       8192, 150),
-    "gpu": LabSizes(8192, 256, (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95),
-                    64, 16, 5, 100, 32768, 600),
-}
-
-
-def lab_sizes(scale_name: str | None = None) -> LabSizes:
+def lab_sizes(scale_name: str | None = None) -> PruningSizes:
     """The sizes for ``scale_name`` (default: the current INFER_LAB_SCALE)."""
-    from ..scale import scale_name as current
-
-    return SIZES[current(scale_name)]
-
-
-def heldout_ids(tok, n_tokens: int) -> list[int]:
-    """EOS then the first ``n_tokens`` tokens of the held-out code (never trained on)."""
-    from ..zoo.data import held_out_text
-
-    ids = tok.encode(held_out_text(max_chars=12 * n_tokens))[:n_tokens]
-    return ([tok.eos_id] if tok.eos_id is not None else []) + ids
+    return current_scale(scale_name).pruning
 
 
 def ppl(model: nn.Module, ids: Sequence[int], seq_len: int) -> float:
@@ -92,11 +63,11 @@ def magnitude_histogram_figure(weight: torch.Tensor, sparsity: float,
                            width=width, marker_color=COLORS[0], name="|w|"))
     fig.add_vline(x=thresh, line={"color": COLORS[3], "dash": "dash"},
                   annotation_text=f"{sparsity:.0%} pruned below {thresh:.3g}")
-    return _layout(fig, f"|w| of {name} {tuple(weight.shape)}", "|w| (unitless)",
-                   "weights (count)", showlegend=False, bargap=0)
+    return layout(fig, f"|w| of {name} {tuple(weight.shape)}", "|w| (unitless)",
+                  "weights (count)", showlegend=False, bargap=0)
 
 
-class SparsityExplorer(_Calculator):
+class SparsityExplorer(Explorer):
     """Move the sparsity slider: the model is magnitude-pruned at that sparsity and its
     held-out perplexity joins the curve (each point is measured once, then cached).
 
@@ -119,7 +90,7 @@ class SparsityExplorer(_Calculator):
         self.controls = W.HBox([self.sparsity])
         self.readout = W.HTML()
         self.figure = go.FigureWidget()
-        self._wire(self.sparsity)
+        self.wire(self.sparsity)
         self.update()
 
     def measure(self, sparsity: float) -> float:
@@ -135,7 +106,7 @@ class SparsityExplorer(_Calculator):
     def update(self) -> None:
         s = self.sparsity.value
         p = self.measure(s)
-        _swap(self.figure, sparsity_curve_figure({self.label: self.points}, marker=(s, p)))
+        swap_figure(self.figure, sparsity_curve_figure({self.label: self.points}, marker=(s, p)))
         dense = self.points.get(0.0)
         rel = f" ({p / dense:.2f}x the dense model's {dense:.3g})" if dense else ""
         self.readout.value = (f"sparsity <b>{s:.0%}</b>: held-out perplexity "
@@ -156,7 +127,7 @@ def sparsity_curve_figure(curves: dict[str, dict[float, float]],
         fig.add_trace(go.Scatter(x=[100 * marker[0]], y=[marker[1]], mode="markers",
                                  name="slider", marker={"size": 16, "symbol": "diamond",
                                                         "color": "black"}))
-    _layout(fig, title, "weights pruned (%)", "held-out perplexity (log)")
+    layout(fig, title, "weights pruned (%)", "held-out perplexity (log)")
     fig.update_yaxes(type="log")
     return fig
 
@@ -172,8 +143,8 @@ def pattern_2_4_figure(weight: torch.Tensor, mask: torch.Tensor,
                                colorbar={"title": "|w|"}, hoverongaps=False))
     for c in range(4, cols, 4):
         fig.add_vline(x=c - 0.5, line={"color": "black", "width": 2})
-    _layout(fig, title, "input dimension (column of W)", "output dimension (row of W)",
-            height=max(260, 28 * rows + 120))
+    layout(fig, title, "input dimension (column of W)", "output dimension (row of W)",
+           height=max(260, 28 * rows + 120))
     fig.update_yaxes(autorange="reversed")
     return fig
 
@@ -214,31 +185,10 @@ def sparse_matmul_figure(sparsities: Sequence[float], times: dict[str, list[floa
     for k, (label, ms) in enumerate(times.items()):
         fig.add_trace(go.Scatter(x=[100 * s for s in sparsities], y=ms, name=label,
                                  mode="lines+markers", line={"color": COLORS[k]}))
-    _layout(fig, f"One {shape[0]}x{shape[1]} matmul, batch 1, this CPU",
-            "weights pruned (%)", "time per call (ms, log)")
+    layout(fig, f"One {shape[0]}x{shape[1]} matmul, batch 1, this CPU",
+           "weights pruned (%)", "time per call (ms, log)")
     fig.update_yaxes(type="log")
     return fig
-
-
-@torch.inference_mode()
-def decode_tokens_per_s(models: dict[str, nn.Module], prompt: list[int], n_tokens: int,
-                        repeats: int, batch: int = 1) -> dict[str, float]:
-    """Greedy decode throughput (output tokens/s over ``batch`` copies of the prompt,
-    prefill included), best of ``repeats`` runs.
-
-    The models alternate (A B C A B C ...) and the fastest run of each counts: other
-    processes on a shared machine only ever add time, so the minimum is the cleanest
-    estimate of what the model itself costs.
-    """
-    from tqdm.auto import tqdm
-
-    prompts = [list(prompt)] * batch
-    fns = {k: (lambda m=m: generate(m, prompts, n_tokens, GREEDY))
-           for k, m in models.items()}
-    device = next(iter(models.values())).device
-    with tqdm(total=len(fns) * (repeats + 1), desc="decode", leave=False) as bar:
-        times = interleaved_times(fns, repeats, warmup=1, device=device, progress=bar)
-    return {k: batch * n_tokens / min(t) for k, t in times.items()}
 
 
 def n_params(model: nn.Module, nonzero: bool = False) -> int:
