@@ -41,7 +41,7 @@ def lab_sizes(scale_name: str | None = None) -> DistillationSizes:
 
 def valid_loss(model, valid_ids: np.ndarray, sizes: DistillationSizes) -> float:
     """Held-out loss (nats/token) measured exactly as ``distill()`` measures its runs."""
-    from ..zoo.train import evaluate
+    from ..zoo.loop import evaluate
 
     loss = evaluate(model, valid_ids, sizes.seq_len, sizes.eval_tokens)
     model.eval()  # evaluate() leaves the model in train mode
