@@ -3,26 +3,76 @@
     >>> import infer_lab
     >>> model, tok = infer_lab.load("code-m")
     >>> infer_lab.complete(model, tok, "def read_config(path):")
+
+Importing the package has no side effects and loads no torch: each public name is
+imported the first time it is used (PEP 562 ``__getattr__``), and so is a submodule
+read as an attribute (``infer_lab.telemetry.connect()`` after ``import infer_lab``).
+So a torch-free part, such as :mod:`infer_lab.exercises.progress` or
+:mod:`infer_lab.observe`, can be imported on its own, cheaply (the JupyterLab extension's
+server does). Nothing connects to JupyterLab by itself: a lab's setup cell calls
+``infer_lab.telemetry.connect()``.
 """
 
 from __future__ import annotations
 
-import torch
+import importlib
+import importlib.util
+import sys
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
-from . import telemetry
-from .config import PRESETS, ModelConfig, get_config
-from .generate import GREEDY, Sampling, complete, generate, stream
-from .kv_cache import KVCache
-from .model import Transformer
-from .tokenizer import Tokenizer
+if TYPE_CHECKING:
+    import torch
+
+    from .config import PRESETS, ModelConfig, get_config
+    from .generate import GREEDY, Sampling, complete, generate, stream
+    from .kv_cache import KVCache
+    from .model import Transformer
+    from .tokenizer import Tokenizer
 
 __all__ = ["load", "ModelConfig", "PRESETS", "get_config", "Transformer", "KVCache",
            "Tokenizer", "Sampling", "GREEDY", "generate", "stream", "complete"]
 __version__ = "0.1.0"
 
-# Inside a Jupyter kernel only: offer the JupyterLab inference monitor a comm. Nothing is
-# sent until a monitor panel subscribes; plain Python skips this (see telemetry.py).
-telemetry.connect()
+# Where each public name lives; it is imported from there when first asked for.
+_HOMES = {"ModelConfig": "config", "PRESETS": "config", "get_config": "config",
+          "Transformer": "model", "KVCache": "kv_cache", "Tokenizer": "tokenizer",
+          "Sampling": "sampling", "GREEDY": "sampling",
+          "generate": "generate", "stream": "generate", "complete": "generate"}
+
+
+def __getattr__(name: str) -> Any:
+    """A public name, imported on first use (and kept); or a submodule, imported."""
+    if name in _HOMES:
+        value = getattr(importlib.import_module(f".{_HOMES[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    if name.isidentifier() and not name.startswith("_") \
+            and importlib.util.find_spec(f"{__name__}.{name}"):
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+class _Package(ModuleType):
+    """This package's module type: ``infer_lab.generate`` stays the function.
+
+    Importing a submodule binds it on its package (``infer_lab.generate = <module>``);
+    the eager ``from .generate import generate`` used to rebind the function over it. Now
+    that nothing is imported eagerly, the binding of that one submodule is skipped
+    instead (it stays importable as ``infer_lab.generate`` in :data:`sys.modules`).
+    """
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _HOMES and isinstance(value, ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 
 def load(name: str, device: torch.device | str | None = None,
@@ -32,6 +82,8 @@ def load(name: str, device: torch.device | str | None = None,
 
     Device and dtype default to the best this machine has (see :mod:`infer_lab.hardware`).
     """
+    import torch
+
     from .hardware import default_device, default_dtype
     from .zoo import ZOO, load_zoo
 
@@ -39,6 +91,6 @@ def load(name: str, device: torch.device | str | None = None,
     dtype = dtype or default_dtype(device)
     if name in ZOO:
         return load_zoo(name, device, dtype)
-    from .hf import load_hf  # transformers is imported only for real checkpoints
+    from .checkpoints import load_hf  # transformers is imported only for real checkpoints
 
     return load_hf(name, device=device, dtype=dtype)

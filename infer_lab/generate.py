@@ -15,12 +15,12 @@ probability mass reaches p).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 
-from . import telemetry
+from . import observe
 from .kv_cache import KVCache
 from .model import Transformer
 from .sampling import GREEDY, MIN_TEMPERATURE, Sampling
@@ -136,8 +136,14 @@ def _finished(row: list[int], eos_id: int | None, max_new: int) -> bool:
 
 def decode_steps(model: Transformer, prompts: list[list[int]], max_new_tokens: int,
                  sampling: Sampling = GREEDY, eos_id: int | None = None,
-                 cache: KVCache | None = None) -> Iterator[torch.Tensor]:
-    """Yield the next token of every row (B,) at each step, using a KV cache."""
+                 cache: KVCache | None = None,
+                 observers: Sequence[observe.Observer] | None = None
+                 ) -> Iterator[torch.Tensor]:
+    """Yield the next token of every row (B,) at each step, using a KV cache.
+
+    ``observers`` are told of the request and each step (None: the defaults of
+    :mod:`infer_lab.observe`).
+    """
     prompts = check_prompts(model, prompts, max_new_tokens)
     check_decoding(model, sampling, eos_id)
     if max_new_tokens == 0:
@@ -146,7 +152,7 @@ def decode_steps(model: Transformer, prompts: list[list[int]], max_new_tokens: i
         longest = max(len(p) for p in prompts)
         cache = KVCache.for_model(model, len(prompts), longest + max_new_tokens)
     gen = make_generator(sampling, model.device)
-    trace = telemetry.trace("generate", len(prompts))  # None unless a monitor listens
+    trace = observe.request(observers, "generate", len(prompts))  # None unless one listens
     try:
         tok = sample(prefill(model, prompts, cache), sampling, gen)
         if trace:
@@ -192,11 +198,13 @@ def collect(steps: Iterator[torch.Tensor], batch: int, max_new_tokens: int,
 
 def generate(model: Transformer, prompts: list[list[int]], max_new_tokens: int,
              sampling: Sampling = GREEDY, eos_id: int | None = None,
-             use_cache: bool = True, window: int | None = None) -> list[list[int]]:
+             use_cache: bool = True, window: int | None = None,
+             observers: Sequence[observe.Observer] | None = None) -> list[list[int]]:
     """New tokens for each prompt (batch >= 1, prompts of any lengths).
 
-    use_cache=False recomputes everything each step (the baseline of lab 01);
-    window=W keeps only the last W positions in a ring-buffer cache.
+    use_cache=False recomputes everything each step (the baseline of lab 01, which is
+    not observed); window=W keeps only the last W positions in a ring-buffer cache.
+    ``observers``: see :func:`decode_steps`.
     """
     prompts = check_prompts(model, prompts, max_new_tokens)
     if use_cache:
@@ -204,7 +212,8 @@ def generate(model: Transformer, prompts: list[list[int]], max_new_tokens: int,
         if window is not None:
             window = integer("window", window, lo=1)
             cache = KVCache.for_model(model, len(prompts), window=window)
-        steps = decode_steps(model, prompts, max_new_tokens, sampling, eos_id, cache)
+        steps = decode_steps(model, prompts, max_new_tokens, sampling, eos_id, cache,
+                             observers)
     else:
         if window is not None:
             raise ValueError("window needs use_cache=True")
@@ -224,7 +233,8 @@ class TokenEvent:
 
 def stream(model: Transformer, tokenizer, prompt: str, max_new_tokens: int = 64,
            sampling: Sampling = GREEDY, stop: list[str] | None = None,
-           stop_at_eos: bool = True) -> Iterator[TokenEvent]:
+           stop_at_eos: bool = True,
+           observers: Sequence[observe.Observer] | None = None) -> Iterator[TokenEvent]:
     """Generate from a text prompt, yielding each token as soon as it exists.
 
     Stops at EOS, after ``max_new_tokens``, or when the text so far contains a stop
@@ -241,7 +251,8 @@ def stream(model: Transformer, tokenizer, prompt: str, max_new_tokens: int = 64,
     ids = tokenizer.encode(prompt)
     eos = tokenizer.eos_id if stop_at_eos else None
     dec, text, sent, t0 = StreamDecoder(tokenizer), "", 0, time.perf_counter()
-    for i, tok in enumerate(decode_steps(model, [ids], max_new_tokens, sampling, eos)):
+    steps = decode_steps(model, [ids], max_new_tokens, sampling, eos, observers=observers)
+    for i, tok in enumerate(steps):
         t = int(tok[0])
         if eos is not None and t == eos:
             return
@@ -263,7 +274,8 @@ def _partial_stop(text: str, stop: list[str] | tuple) -> int:
 
 
 def complete(model: Transformer, tokenizer, prompt: str, max_new_tokens: int = 64,
-             sampling: Sampling = GREEDY, stop: list[str] | None = None) -> str:
+             sampling: Sampling = GREEDY, stop: list[str] | None = None,
+             observers: Sequence[observe.Observer] | None = None) -> str:
     """The generated continuation of ``prompt`` as text."""
     return "".join(e.text for e in stream(model, tokenizer, prompt, max_new_tokens,
-                                          sampling, stop))
+                                          sampling, stop, observers=observers))

@@ -21,11 +21,12 @@ target itself (:func:`quantized_draft`, self-speculation).
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 
-from . import telemetry
+from . import observe
 from .generate import (GREEDY, Sampling, check_decoding, check_prompts, logits_to_probs,
                        make_generator)
 from .validate import integer
@@ -251,9 +252,14 @@ class HybridDrafter:
 @torch.inference_mode()
 def speculative_decode(target: Transformer, draft: Transformer | ModelDrafter |
                        PromptLookupDrafter | HybridDrafter, prompt: list[int], max_new_tokens: int,
-                       k: int = 4, sampling: Sampling = GREEDY, eos_id: int | None = None
+                       k: int = 4, sampling: Sampling = GREEDY, eos_id: int | None = None,
+                       observers: Sequence[observe.Observer] | None = None
                        ) -> tuple[list[int], SpecStats]:
-    """Generate up to ``max_new_tokens`` for one prompt; returns (tokens, statistics)."""
+    """Generate up to ``max_new_tokens`` for one prompt; returns (tokens, statistics).
+
+    ``observers`` are told of the request, its tokens and its acceptance (None: the
+    defaults of :mod:`infer_lab.observe`).
+    """
     k = integer("k (draft tokens per step)", k, lo=1)
     prompt = check_prompts(target, [prompt], max_new_tokens)[0]
     check_decoding(target, sampling, eos_id)
@@ -267,7 +273,7 @@ def speculative_decode(target: Transformer, draft: Transformer | ModelDrafter |
     gen = make_generator(sampling, target.device)
     cache = KVCache.for_model(target, 1, max_len)
     stats, out = SpecStats(), []
-    trace = telemetry.trace("speculative", k=k)  # None unless a monitor listens
+    trace = observe.request(observers, "speculative", k=k)  # None unless one listens
     draft.start(prompt, max_len, gen)
     pending = list(prompt)  # tokens not yet in the target's cache
     while len(out) < max_new_tokens and not (out and out[-1] == eos_id):
@@ -296,8 +302,7 @@ def speculative_decode(target: Transformer, draft: Transformer | ModelDrafter |
         if trace:
             trace.token(len(out) - before)
     if trace:
-        telemetry.speculative(stats)
-        trace.done(alpha=stats.alpha)
+        trace.done(spec=stats)
     return out, stats
 
 

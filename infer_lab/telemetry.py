@@ -4,23 +4,27 @@ The channel is a Jupyter comm (target ``infer_lab.telemetry``), because a comm a
 connects exactly one kernel to the frontends that show its notebook, through the
 server's base URL and authentication, with no port or route of our own.
 
-Who turns it on, and why it costs nothing when off::
+It observes from outside (:mod:`infer_lab.observe`): the decode loop, speculative decoding
+and the serving engine do not import this module; they tell their observers, and
+:data:`observer` (a :class:`Monitor`) is the one that turns what they say into the
+panel's events. Who turns it on, and why it costs nothing when off::
 
-    kernel imports infer_lab ──► connect(): offer a comm ("hello")      (ipykernel only)
-    monitor panel opens      ──► frontend sends {"type": "subscribe", "on": true}
-    hot loops                ──► `if trace:` / `if publisher.active:`  (one check)
-    events                   ──► buffered; sent at most every FLUSH_INTERVAL = 0.25 s
+    lab setup cell ──► connect(): offer a comm ("hello"), add `observer` to the defaults
+    monitor opens  ──► frontend sends {"type": "subscribe", "on": true}
+    hot loops      ──► `if trace:` / `if listening(...)`: publisher.active, one check
+    events         ──► buffered; sent at most every FLUSH_INTERVAL = 0.25 s
 
 * ``publisher`` is the one module-level object: off (``active = False``) until a frontend
   subscribes, and off again when every subscriber's panel closes or its comm closes.
-* Outside an ipykernel (plain Python, the command line, ``python -m infer_lab.bench``),
-  ``connect()`` does nothing, so ``active`` stays False for the life of the process.
-  A frontend without the extension closes the offered comm, which also leaves it off.
-  ``INFER_LAB_TELEMETRY=0`` in the environment skips even the offer.
+* ``import infer_lab`` does none of this. Outside an ipykernel (plain Python, the command
+  line, ``python -m infer_lab.bench``), ``connect()`` does nothing, so no observer is
+  added and ``active`` stays False for the life of the process. A frontend without the
+  extension closes the offered comm, which also leaves it off. ``INFER_LAB_TELEMETRY=0``
+  in the environment skips even the offer.
 * A kernel reads frontend messages only between cells (a running cell holds its shell;
   tried here, ipykernel 7.4 did not handle them on a subshell during a cell either), so
   opening or closing the monitor takes effect from the next cell. A lab's setup cell
-  imports infer_lab, so its later cells are live.
+  calls ``connect()``, so its later cells are live.
 * Batching bounds the cost: a decode step adds a counter increment and a clock read;
   one comm message per 0.25 s carries everything since the last one (per-request token
   counts are summed, the KV state keeps only its latest value). ``python -m
@@ -34,7 +38,7 @@ Events (``{"events": [...], "memory": {...}, "t": wall seconds}``, times are wal
     {"type": "kv", "used", "free", "total", "running", "waiting"}  serving engine
     {"type": "spec", "proposed", "accepted", "alpha", "acceptance_rate"}
 
-Hook points: :func:`infer_lab.generate.decode_steps` (generate, stream, complete),
+What is observed: :func:`infer_lab.generate.decode_steps` (generate, stream, complete),
 :meth:`infer_lab.serving.Engine.step`, :func:`infer_lab.speculative.speculative_decode`.
 """
 
@@ -46,6 +50,8 @@ import sys
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
+
+from .observe import Acceptance, EngineStep, add_default
 
 TARGET = "infer_lab.telemetry"
 FLUSH_INTERVAL = 0.25  # seconds: at most 4 comm messages per second
@@ -78,7 +84,9 @@ class Publisher:
         self._tokens: dict[str, list[float]] = {}  # id -> [n, dt]
         self._kv: dict[str, Any] | None = None
         self._last_flush = -float("inf")
-        self._engines: dict[int, dict[int, str]] = {}  # engine -> {seq_id: phase}
+        # What the panel last heard of each engine request: {engine id: {seq_id: phase}}.
+        # Dropped with the buffer when turned off, so a new panel hears every phase again.
+        self.engine_phases: dict[int, dict[int, str]] = {}
 
     # -- who listens ----------------------------------------------------------------------
     def attach(self, channel: Channel | None) -> None:
@@ -100,7 +108,7 @@ class Publisher:
 
     def _clear(self) -> None:
         self._events, self._tokens, self._kv = [], {}, None
-        self._engines.clear()
+        self.engine_phases.clear()
 
     # -- what happens -----------------------------------------------------------------------
     def event(self, type: str, **fields: Any) -> None:
@@ -167,7 +175,13 @@ class RequestTrace:
         self.pub.tokens(self.id, n, now - self.last)
         self.last = now
 
-    def done(self, **extra: Any) -> None:
+    def done(self, spec: Acceptance | None = None) -> None:
+        """The request ended; a speculative decode's acceptance becomes a "spec" event."""
+        extra: dict[str, float] = {}
+        if spec is not None:
+            self.pub.event("spec", proposed=spec.proposed, accepted=spec.accepted,
+                           alpha=spec.alpha, acceptance_rate=spec.acceptance_rate)
+            extra["alpha"] = spec.alpha
         ttft = None if self.first is None else self.first - self.start
         steps = self.n // self.batch
         tpot = ((self.last - self.first) / (steps - 1)
@@ -177,45 +191,50 @@ class RequestTrace:
         self.pub.flush()  # a finished request is shown at once, not up to 0.25 s later
 
 
+class Monitor:
+    """The observer (:class:`infer_lab.observe.Observer`) that feeds the monitor panel.
+
+    It listens only while ``pub`` is active, and turns requests and engine steps into
+    the events above; an engine step arrives as plain data (:class:`EngineStep`).
+    """
+
+    def __init__(self, pub: Publisher):
+        self.pub = pub
+
+    @property
+    def listening(self) -> bool:
+        return self.pub.active
+
+    def request(self, source: str, batch: int = 1, **info: Any) -> RequestTrace:
+        return RequestTrace(source, self.pub, batch, **info)
+
+    def engine_step(self, step: EngineStep) -> None:
+        """Phases (each change once), latencies of finished requests, KV blocks, tokens."""
+        pub = self.pub
+        phases = pub.engine_phases.setdefault(step.engine, {})
+        key = f"e{step.engine % 10_000}"
+        for seq_id, phase in step.phases:
+            if phases.get(seq_id) != phase:
+                phases[seq_id] = phase
+                pub.event("phase", id=f"{key}-{seq_id}", source="engine", phase=phase)
+        for f in step.finished:
+            phases.pop(f.seq_id, None)
+            pub.event("phase", id=f"{key}-{f.seq_id}", source="engine", phase="done")
+            pub.event("latency", id=f"{key}-{f.seq_id}", tokens=f.tokens, ttft=f.ttft,
+                      tpot=f.tpot)
+        pub.kv(used=step.kv_used, free=step.kv_free, total=step.kv_total,
+               running=step.num_running, waiting=step.num_waiting)
+        pub.tokens(key, step.num_sampled, step.end - step.start)
+        if not step.unfinished:
+            pub.flush()
+
+
+observer = Monitor(publisher)  # what connect() adds to infer_lab.observe.default_observers
+
+
 def trace(source: str, batch: int = 1, **info: Any) -> RequestTrace | None:
     """A trace of one request, or None (the common case) when no monitor listens."""
-    return RequestTrace(source, publisher, batch, **info) if publisher.active else None
-
-
-def engine_step(engine: Any, out: Any, finished: list, start: float, end: float) -> None:
-    """Record one serving ``Engine.step()``: phases, tokens, KV blocks (called if active)."""
-    pub = publisher
-    phases = pub._engines.setdefault(id(engine), {})
-    key = f"e{id(engine) % 10_000}"
-
-    def move(seq: Any, phase: str) -> None:
-        if phases.get(seq.seq_id) != phase:
-            phases[seq.seq_id] = phase
-            pub.event("phase", id=f"{key}-{seq.seq_id}", source="engine", phase=phase)
-
-    for seq in list(engine.scheduler.waiting) + list(out.preempted):
-        move(seq, "queued")
-    for c in out.chunks:  # the phase each request was in during this step
-        move(c.seq, "decode" if c.is_decode else "prefill")
-    for seq in finished:
-        move(seq, "done")
-        phases.pop(seq.seq_id, None)
-        times = seq.token_times
-        pub.event("latency", id=f"{key}-{seq.seq_id}", tokens=len(seq.output),
-                  ttft=seq.first_token_time - seq.arrival_time if seq.first_token_time else None,
-                  tpot=(times[-1] - times[0]) / (len(times) - 1) if len(times) > 1 else None)
-    bm = engine.block_manager
-    pub.kv(used=bm.num_used_blocks, free=bm.num_free_blocks, total=engine.config.num_blocks,
-           running=len(engine.scheduler.running), waiting=len(engine.scheduler.waiting))
-    pub.tokens(key, sum(1 for c in out.chunks if c.samples), end - start)
-    if not engine.has_unfinished():
-        pub.flush()
-
-
-def speculative(stats: Any) -> None:
-    """Acceptance of one speculative_decode call (:class:`infer_lab.speculative.SpecStats`)."""
-    publisher.event("spec", proposed=stats.proposed, accepted=stats.accepted,
-                    alpha=stats.alpha, acceptance_rate=stats.acceptance_rate)
+    return observer.request(source, batch, **info) if observer.listening else None
 
 
 def memory() -> dict[str, int | None]:
@@ -268,9 +287,11 @@ def _bind(c: Any) -> None:
 def connect() -> bool:
     """Offer telemetry to the frontend when running in an ipykernel; True if offered.
 
-    Registers the comm target (so a frontend that reloads can reopen the channel) and
-    opens one comm to the frontend's target (so an open JupyterLab hears at once). Safe
-    to call again; a no-op outside a kernel or with ``INFER_LAB_TELEMETRY=0``.
+    Registers the comm target (so a frontend that reloads can reopen the channel), opens
+    one comm to the frontend's target (so an open JupyterLab hears at once) and adds
+    :data:`observer` to :data:`infer_lab.observe.default_observers`. Safe to call again;
+    a no-op outside a kernel or with ``INFER_LAB_TELEMETRY=0``. Each lab's setup cell
+    calls it.
     """
     if os.environ.get("INFER_LAB_TELEMETRY", "1") == "0" or _kernel() is None:
         return False
@@ -280,6 +301,7 @@ def connect() -> bool:
     if TARGET not in manager.targets:
         manager.register_target(TARGET, lambda c, _msg: _bind(c))
     _bind(comm.create_comm(target_name=TARGET, data={"hello": 1, "pid": os.getpid()}))
+    add_default(observer)
     return True
 
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from infer_lab import telemetry
+from infer_lab import observe, telemetry
 from infer_lab.bench.telemetry import JsonChannel
-from infer_lab.config import get_config
 from infer_lab.generate import decode_steps, generate
 from infer_lab.model import Transformer
 from infer_lab.serving import Engine, EngineConfig
@@ -15,20 +14,15 @@ from infer_lab.speculative import speculative_decode
 
 
 @pytest.fixture
-def tiny() -> Transformer:
-    torch.manual_seed(0)
-    cfg = get_config("code-m", n_layer=2, d_model=64, n_head=4, n_kv_head=2, d_ff=128,
-                     vocab_size=256, max_seq_len=512)
-    return Transformer(cfg).eval()
-
-
-@pytest.fixture
 def channel():
-    """The module publisher attached to a fake comm with one subscriber; restored after."""
+    """The module publisher attached to a fake comm with one subscriber, and its observer
+    among the defaults (what connect() does in a kernel); restored after."""
     ch = JsonChannel()
     telemetry.publisher.attach(ch)
     telemetry.publisher.subscribe("test")
+    observe.add_default(telemetry.observer)
     yield ch
+    observe.remove_default(telemetry.observer)
     telemetry.publisher.attach(None)
 
 
@@ -161,7 +155,7 @@ def test_comm_protocol_subscribe_and_close(tiny):
         assert not telemetry.publisher.active
         c.msg_cb({"content": {"data": {"type": "subscribe", "on": True, "client": "tab1"}}})
         assert telemetry.publisher.active
-        generate(tiny, [[1, 2]], 5)
+        generate(tiny, [[1, 2]], 5, observers=[telemetry.observer])
         assert c.sent and c.sent[-1]["events"]
         c.close_cb({})
         assert not telemetry.publisher.active and telemetry.publisher.channel is None

@@ -7,22 +7,21 @@ Every lab notebook opens with the same first markdown cell (DESIGN.md section 4)
     1. ...
     **Time:** about 40 minutes. ...
 
-so this reads it with a few regular expressions instead of a markdown parser. The number
-of exercises of a lab comes from the package's exercise registry
-(``infer_lab/exercises/<module>.py``: ``LAB = "01_kv_cache"`` and ``EXERCISES = [
-Exercise("name", LAB, ...), ...]``), read with :mod:`ast` rather than imported, because
-importing it imports torch, which the server should never pay for. A lab the registry does
-not know falls back to the ``check_<name>(`` calls in its notebook.
+so this reads it with a few regular expressions instead of a markdown parser. The
+exercises of a lab come from the package's lab catalogue,
+:mod:`infer_lab.exercises.catalog`: plain data that imports no torch (which the server
+should never pay for), and that the package checks against its exercise modules. A lab
+the catalogue does not know falls back to the ``check_<name>(`` calls in its notebook.
 """
 
 from __future__ import annotations
 
-import ast
-import importlib.util
 import json
 import re
 from pathlib import Path
 from typing import Any
+
+from infer_lab.exercises.catalog import LABS
 
 LAB_FILE = re.compile(r"^(\d\d)_[\w-]+\.ipynb$")
 TITLE = re.compile(r"^#\s+Lab\s+(\d+)\s*[·:.\-–—]\s*(.+?)\s*$", re.M)
@@ -83,34 +82,9 @@ def read_lab(path: Path) -> dict[str, Any]:
     return lab
 
 
-def registry(package_dir: Path | None = None) -> dict[str, list[str]]:
-    """{lab id: [exercise names in order]} from the exercise modules' source."""
-    if package_dir is None:
-        spec = importlib.util.find_spec("infer_lab")  # locates it; runs nothing
-        if spec is None or not spec.submodule_search_locations:
-            return {}
-        package_dir = Path(list(spec.submodule_search_locations)[0])
-    out: dict[str, list[str]] = {}
-    for f in sorted((package_dir / "exercises").glob("*.py")):
-        try:
-            tree = ast.parse(f.read_text(encoding="utf-8"))
-        except (OSError, SyntaxError, ValueError):
-            continue
-        lab, names = None, []
-        for node in tree.body:
-            if not isinstance(node, ast.Assign) or len(node.targets) != 1:
-                continue
-            target = getattr(node.targets[0], "id", None)
-            if target == "LAB" and isinstance(node.value, ast.Constant):
-                lab = node.value.value
-            elif target == "EXERCISES" and isinstance(node.value, ast.List):
-                for call in node.value.elts:
-                    if (isinstance(call, ast.Call) and call.args
-                            and isinstance(call.args[0], ast.Constant)):
-                        names.append(call.args[0].value)
-        if isinstance(lab, str) and names:
-            out[lab] = names
-    return out
+def registry() -> dict[str, list[str]]:
+    """{lab id: [exercise names in order]}, from the package's catalogue."""
+    return {lab: list(names) for lab, names in LABS.items()}
 
 
 def catalogue(labs_dir: Path, root: Path) -> list[dict[str, Any]]:

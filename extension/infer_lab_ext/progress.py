@@ -1,24 +1,21 @@
-"""Reading the learner's progress store for the navigator, without importing infer_lab.
+"""Reading the learner's progress store for the navigator.
 
-The store's schema and its writer live in ``infer_lab/exercises/progress.py``
-(``$INFER_LAB_HOME/progress.json``, default ``~/.infer_lab``). The server only reads it,
-and never repairs or moves it: a missing or unreadable file is shown as no progress, and
-the labs themselves deal with a corrupt one the next time a check runs.
+The store's schema, its place and its writer live in :mod:`infer_lab.exercises.progress`
+(``$INFER_LAB_HOME/progress.json``, default ``~/.infer_lab``), a torch-free module this
+imports for :func:`progress_path`. The server only reads the store, and never repairs or
+moves it (as the package's ``load_progress`` does): a missing or unreadable file is shown
+as no progress, and the labs themselves deal with a corrupt one the next time a check runs.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
-HOME_VAR = "INFER_LAB_HOME"
+from infer_lab.exercises.progress import HOME_VAR, progress_path
 
-
-def progress_path() -> Path:
-    home = os.environ.get(HOME_VAR) or Path.home() / ".infer_lab"
-    return Path(home) / "progress.json"
+__all__ = ["HOME_VAR", "continue_lab", "lab_progress", "progress_path", "read_store"]
 
 
 def read_store(path: Path | None = None) -> dict[str, dict[str, dict[str, Any]]]:

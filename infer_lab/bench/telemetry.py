@@ -63,15 +63,16 @@ def measure(model: Any, prompt: list[int], new_tokens: int, repeats: int) -> dic
                                        set(telemetry.publisher.subscribers))
     channel = JsonChannel()
     times: dict[str, list[float]] = {"off": [], "on": []}
+    watch = [telemetry.observer]  # as in a lab after connect(): listening only when "on"
     try:
-        generate(model, [prompt], new_tokens)  # warm up
+        generate(model, [prompt], new_tokens, observers=watch)  # warm up
         for _ in range(repeats):
             for side in ("off", "on"):
                 pub.attach(channel if side == "on" else None)
                 if side == "on":
                     pub.subscribe("bench")
                 t0 = time.perf_counter()
-                generate(model, [prompt], new_tokens)
+                generate(model, [prompt], new_tokens, observers=watch)
                 times[side].append(time.perf_counter() - t0)
     finally:
         pub.attach(saved[0])

@@ -12,84 +12,54 @@ In a lab::
 
 Each lab's exercises live in one module (see ``LAB_MODULES``); every exercise is
 reachable as ``check_<name>`` here. See :mod:`.checker` and :mod:`.progress`.
+
+Two parts are torch-free and import nothing heavy: :mod:`.catalog` (which exercises each
+lab has) and :mod:`.progress` (the store), which the JupyterLab extension's server
+imports. The exercises themselves (:mod:`.registry`: references and checkers, with
+torch) load on first use of a name that needs them (PEP 562 ``__getattr__``), so
+importing this package, or ``infer_lab.exercises.progress``, does not import torch.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib
+from typing import Any
 
-from . import (
-    distillation,
-    kv_cache,
-    progress,
-    pruning,
-    quantization,
-    serving,
-    speculative,
-    welcome,
-)
-from .checker import Case, CheckResult, Exercise, Mistake, compare
+from . import catalog, progress
 from .progress import lab_progress, load_progress, progress_path, summary
 
-# One module per lab, in lab order; each has LAB (the notebook's name) and EXERCISES.
-LAB_MODULES = (welcome, kv_cache, quantization, pruning, distillation, speculative, serving)
-EXERCISES: dict[str, Exercise] = {e.name: e for m in LAB_MODULES for e in m.EXERCISES}
-
-
-def exercise(name: str) -> Exercise:
-    if name not in EXERCISES:
-        raise ValueError(f"no exercise named {name!r}; exercises are: {', '.join(EXERCISES)}")
-    return EXERCISES[name]
-
-
-def check(name: str, fn: Callable, **kw) -> CheckResult:
-    """Grade ``fn`` as exercise ``name`` (prints the verdict, records progress)."""
-    return exercise(name).check(fn, **kw)
-
-
-def show_solution(name: str) -> None:
-    """Print the reference implementation of an exercise."""
-    print(exercise(name).solution())
-
-
-def show_hint(name: str) -> None:
-    print(f"Hint: {exercise(name).hint}")
+# Where the names that need torch live; each is imported from there when first asked for.
+_CHECKERS = [f"check_{name}" for names in catalog.LABS.values() for name in names]
+_HOMES = {**dict.fromkeys(["Case", "CheckResult", "Exercise", "Mistake", "compare"], "checker"),
+          **dict.fromkeys(["EXERCISES", "LAB_MODULES", "CHECKERS", "check", "exercise",
+                           "show_hint", "show_progress", "show_solution", *_CHECKERS],
+                          "registry")}
 
 
 def lab_exercises(lab: str) -> list[str]:
     """Names of the exercises of one lab, in the order the lab presents them."""
-    return [n for n, e in EXERCISES.items() if e.lab == lab]
+    return list(catalog.LABS.get(lab, ()))
 
 
-def show_progress(lab: str | None = None) -> None:
-    """One line per exercise (of one lab, or of all labs) with its recorded status."""
-    from .checker import ICONS
-
-    labs = [lab] if lab else sorted({e.lab for e in EXERCISES.values()})
-    for lb in labs:
-        done = lab_progress(lb)
-        print(f"{lb}:")
-        for name in lab_exercises(lb):
-            entry = done.get(name, {})
-            status = entry.get("status", "not attempted")
-            tries = entry.get("attempts", 0)
-            print(f"  {ICONS.get(status, '?')} {name:28s} {status} "
-                  f"({tries} attempt{'' if tries == 1 else 's'})")
-
-
-def _make_checker(name: str) -> Callable[..., CheckResult]:
-    def check_fn(fn: Callable, **kw) -> CheckResult:
-        return EXERCISES[name].check(fn, **kw)
-
-    check_fn.__name__ = check_fn.__qualname__ = f"check_{name}"
-    check_fn.__doc__ = (f"Grade your ``{name}`` against the reference on fixed and random "
-                        "cases; print the verdict and record it.")
-    return check_fn
+def __getattr__(name: str) -> Any:
+    """A name that needs the exercises (and torch), imported on first use; or a submodule."""
+    if name in _HOMES:
+        home = importlib.import_module(f".{_HOMES[name]}", __name__)
+        value = home.CHECKERS[name] if name in _CHECKERS else getattr(home, name)
+        globals()[name] = value
+        return value
+    if name.isidentifier() and not name.startswith("_"):
+        try:
+            return importlib.import_module(f".{name}", __name__)
+        except ModuleNotFoundError as e:
+            if e.name != f"{__name__}.{name}":
+                raise
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-# check_<name> for every exercise, e.g. check_kv_cache_bytes: what the labs import.
-CHECKERS = {f"check_{name}": _make_checker(name) for name in EXERCISES}
-globals().update(CHECKERS)
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
 
 __all__ = [
     "EXERCISES",
@@ -110,5 +80,5 @@ __all__ = [
     "show_progress",
     "show_solution",
     "summary",
-    *CHECKERS,
+    *_CHECKERS,
 ]

@@ -16,9 +16,10 @@ import random
 import torch
 import torch.nn.functional as F
 
+from . import catalog
 from .checker import Case, Exercise, Mistake
 
-LAB = "04_distillation"
+LAB = catalog.DISTILLATION  # the notebook's name
 
 
 # -- references -------------------------------------------------------------------------

@@ -17,9 +17,10 @@ import random
 import torch
 
 from ..config import PRESETS, ModelConfig, get_config
+from . import catalog
 from .checker import Case, Exercise, Mistake
 
-LAB = "01_kv_cache"
+LAB = catalog.KV_CACHE  # the notebook's name
 
 
 # -- references -------------------------------------------------------------------------

@@ -15,9 +15,10 @@ import random
 
 import torch
 
+from . import catalog
 from .checker import Case, Exercise, Mistake
 
-LAB = "03_pruning"
+LAB = catalog.PRUNING  # the notebook's name
 
 
 # -- references -------------------------------------------------------------------------

@@ -14,9 +14,10 @@ import random
 
 import torch
 
+from . import catalog
 from .checker import Case, Exercise, Mistake
 
-LAB = "02_quantization"
+LAB = catalog.QUANTIZATION  # the notebook's name
 
 
 # -- references -------------------------------------------------------------------------

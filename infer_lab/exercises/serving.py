@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import random
 
+from . import catalog
 from .checker import Case, Exercise, Mistake
 
-LAB = "06_serving"
+LAB = catalog.SERVING  # the notebook's name
 
 
 # -- references -------------------------------------------------------------------------

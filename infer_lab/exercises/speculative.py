@@ -16,9 +16,10 @@ import random
 
 import torch
 
+from . import catalog
 from .checker import Case, Exercise, Mistake
 
-LAB = "05_speculative_decoding"
+LAB = catalog.SPECULATIVE  # the notebook's name
 
 
 # -- references -------------------------------------------------------------------------

@@ -14,9 +14,10 @@ import math
 import random
 
 from ..config import PRESETS
+from . import catalog
 from .checker import Case, Exercise, Mistake
 
-LAB = "00_welcome"
+LAB = catalog.WELCOME  # the notebook's name
 
 
 # -- references -------------------------------------------------------------------------

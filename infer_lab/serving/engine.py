@@ -34,15 +34,16 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence as Seq
 from dataclasses import dataclass, field
 
-from .. import telemetry
+from .. import observe
 from ..generate import GREEDY, Sampling, check_decoding, make_generator
 from ..model import Transformer
 from .block_manager import BlockManager
 from .model_runner import ModelRunner
 from .paged_attention import PagedKVCache
-from .scheduler import Scheduler
+from .scheduler import Scheduler, SchedulerOutput
 from .sequence import Sequence
 from ..validate import token_ids
 
@@ -155,8 +156,12 @@ class Engine:
                 print(out.seq_id, out.token)
     """
 
-    def __init__(self, model: Transformer, config: EngineConfig | None = None):
+    def __init__(self, model: Transformer, config: EngineConfig | None = None,
+                 observers: Seq[observe.Observer] | None = None):
         self.model = model.eval()
+        # Told of every step as plain data (observe.EngineStep); None: observe's defaults,
+        # read at each step, so a monitor connected later still hears this engine.
+        self.observers = observers
         self.config = c = config or EngineConfig()
         self.block_manager = BlockManager(c.num_blocks, c.block_size, c.enable_prefix_caching)
         self.scheduler = Scheduler(self.block_manager, c.max_num_seqs,
@@ -227,12 +232,32 @@ class Engine:
                 self.block_manager.num_used_blocks,
                 self.block_manager.num_used_blocks * self.cache.bytes_per_block()))
         self.num_steps += 1
-        if telemetry.publisher.active:  # the JupyterLab monitor is listening
-            try:
-                telemetry.engine_step(self, out, finished, start, now)
-            except Exception:  # noqa: BLE001 - an observer must not stop serving
-                log.exception("telemetry failed on step %d; serving goes on", self.num_steps)
+        watching = observe.listening(self.observers)
+        if watching:  # e.g. the JupyterLab monitor: built only when someone listens
+            self._report(watching, out, finished, start, now)
         return outputs
+
+    def _report(self, observers: list[observe.Observer], out: SchedulerOutput,
+                finished: list[Sequence], start: float, now: float) -> None:
+        """Hand each observer this step as plain data; one that raises is logged."""
+        queued = list(self.scheduler.waiting) + list(out.preempted)
+        phases = [(s.seq_id, "queued") for s in queued]
+        phases += [(c.seq.seq_id, "decode" if c.is_decode else "prefill") for c in out.chunks]
+        bm = self.block_manager
+        step = observe.EngineStep(
+            engine=id(self), start=start, end=now, phases=phases,
+            finished=[observe.FinishedRequest(s.seq_id, len(s.output), s.ttft, s.tpot)
+                      for s in finished],
+            num_sampled=sum(1 for c in out.chunks if c.samples),
+            kv_used=bm.num_used_blocks, kv_free=bm.num_free_blocks,
+            kv_total=self.config.num_blocks, num_running=len(self.scheduler.running),
+            num_waiting=len(self.scheduler.waiting), unfinished=self.has_unfinished())
+        for o in observers:
+            try:
+                o.engine_step(step)
+            except Exception:  # noqa: BLE001 - an observer must not stop serving
+                log.exception("observer %r failed on step %d; serving goes on", o,
+                              self.num_steps)
 
     def _execute(self, chunks: list) -> tuple[dict[int, int], dict[int, Exception]]:
         """Run the step; if the batched forward raises, run each request alone.

@@ -44,13 +44,15 @@ test('the monitor shows live tokens/s from a generating cell', async ({ page }) 
   await expect(page.locator('.jp-InferLab-monitor')).toContainText('Waiting for a kernel');
   await page.notebook.createNew('telemetry.ipynb');
 
-  // Like every lab: a setup cell first. The kernel offers its comm when infer_lab is
-  // imported and reads the monitor's "subscribe" between cells, so the next cell is live.
+  // Like every lab: a setup cell first. The kernel offers its comm when the cell calls
+  // infer_lab.telemetry.connect() (importing infer_lab does nothing by itself) and reads
+  // the monitor's "subscribe" between cells, so the next cell is live.
   await page.notebook.setCell(
     0,
     'code',
     [
       'import infer_lab',
+      'infer_lab.telemetry.connect()',
       'from infer_lab.serving import Engine, EngineConfig',
       'from infer_lab.speculative import speculative_decode',
       'model, tok = infer_lab.load("code-s", device="cpu")',
