@@ -27,8 +27,8 @@ from .sampling import GREEDY, MIN_TEMPERATURE, Sampling
 from .validate import integer, prompt_batch
 
 __all__ = ["GREEDY", "MIN_TEMPERATURE", "Sampling", "check_prompts", "collect", "complete",
-           "check_decoding", "check_logits", "decode_one_token", "decode_steps", "decode_steps_no_cache", "generate",
-           "logits_to_probs", "make_generator", "prefill", "sample", "stream"]
+           "check_decoding", "check_logits", "decode_one_token", "draw", "decode_steps", "decode_steps_no_cache", "generate",
+           "logits_to_probs", "make_generator", "prefill", "sample", "sample_with_probs", "stream", "TextStream"]
 
 
 def logits_to_probs(logits: torch.Tensor, sampling: Sampling) -> torch.Tensor:
@@ -47,20 +47,36 @@ def logits_to_probs(logits: torch.Tensor, sampling: Sampling) -> torch.Tensor:
         sorted_p, order = probs.sort(dim=-1, descending=True)
         # Drop a token when the mass *before* it already reaches top_p.
         drop = (sorted_p.cumsum(-1) - sorted_p) >= sampling.top_p
+        # The most likely token always stays: a top_p below float32's smallest number
+        # (1e-129 rounds to 0.0) would otherwise drop every token and leave 0 / 0.
+        drop[..., 0] = False
         sorted_p = sorted_p.masked_fill(drop, 0.0)
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
         probs = probs / probs.sum(-1, keepdim=True)
     return probs
 
 
+def draw(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One token per row of a distribution (B, V) -> (B,)."""
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def sample_with_probs(logits: torch.Tensor, sampling: Sampling = GREEDY,
+                      generator: torch.Generator | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The one sampling path: tokens (B,) from ``logits`` (B, V), and the distribution
+    they were drawn from (B, V), or None for greedy (argmax needs no softmax)."""
+    check_logits(logits)
+    if sampling.greedy:
+        return logits.argmax(-1), None
+    probs = logits_to_probs(logits, sampling)
+    return draw(probs, generator), probs
+
+
 def sample(logits: torch.Tensor, sampling: Sampling = GREEDY,
            generator: torch.Generator | None = None) -> torch.Tensor:
     """Pick one token per row of ``logits`` (B, V) -> (B,)."""
-    check_logits(logits)
-    if sampling.greedy:
-        return logits.argmax(-1)
-    probs = logits_to_probs(logits, sampling)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    return sample_with_probs(logits, sampling, generator)[0]
 
 
 def check_logits(logits: torch.Tensor) -> None:
@@ -241,8 +257,6 @@ def stream(model: Transformer, tokenizer, prompt: str, max_new_tokens: int = 64,
     string (the stop string itself is not yielded). The first event's ``t`` is the time
     to first token (TTFT); gaps between later events are the time per output token.
     """
-    from .tokenizer import StreamDecoder
-
     if not isinstance(prompt, str):
         raise ValueError(f"prompt must be a string, got {type(prompt).__name__}; for token "
                          "ids use generate(model, [ids], n)")
@@ -250,27 +264,50 @@ def stream(model: Transformer, tokenizer, prompt: str, max_new_tokens: int = 64,
         raise ValueError("empty prompt: give at least one character")
     ids = tokenizer.encode(prompt)
     eos = tokenizer.eos_id if stop_at_eos else None
-    dec, text, sent, t0 = StreamDecoder(tokenizer), "", 0, time.perf_counter()
+    text, t0 = TextStream(tokenizer, stop or []), time.perf_counter()
     steps = decode_steps(model, [ids], max_new_tokens, sampling, eos, observers=observers)
     for i, tok in enumerate(steps):
         t = int(tok[0])
         if eos is not None and t == eos:
             return
-        text += dec.push(t)
-        hit = min((text.find(s) for s in stop or () if s in text), default=-1)
-        # Hold back a tail that could still become a stop string (unless this is the last).
-        last = i == max_new_tokens - 1
-        end = hit if hit >= 0 else len(text) - (0 if last else _partial_stop(text, stop or ()))
-        yield TokenEvent(i, t, text[sent:end], time.perf_counter() - t0)
-        sent = end
-        if hit >= 0:
+        delta, hit = text.push(t, last=i == max_new_tokens - 1)
+        yield TokenEvent(i, t, delta, time.perf_counter() - t0)
+        if hit:
             return
 
 
-def _partial_stop(text: str, stop: list[str] | tuple) -> int:
-    """Length of the longest tail of ``text`` that is a proper prefix of a stop string."""
-    return max((n for s in stop for n in range(1, len(s)) if text.endswith(s[:n])),
-               default=0)
+class TextStream:
+    """Token ids -> text deltas: whole UTF-8 characters, stop strings cut and held back.
+
+    The one stop-string rule, for :func:`stream` and the HTTP server: the text up to the
+    first stop string is sent, never the stop string itself; a tail that could still grow
+    into one waits until the next token says whether it did (or until nothing follows).
+    """
+
+    def __init__(self, tokenizer, stop: list[str]):
+        from .tokenizer import StreamDecoder
+
+        self.dec, self.stop = StreamDecoder(tokenizer), stop
+        self.text, self.sent = "", 0
+
+    def push(self, token: int, last: bool) -> tuple[str, bool]:
+        """(new text safe to send, stop string reached)."""
+        self.text += self.dec.push(token)
+        hit = min((self.text.find(s) for s in self.stop if s in self.text), default=-1)
+        # A tail that may still grow into a stop string waits, unless nothing follows.
+        end = hit if hit >= 0 else len(self.text) - (0 if last else self._partial_stop())
+        delta, self.sent = self.text[self.sent:end], max(self.sent, end)
+        return delta, hit >= 0
+
+    def flush(self) -> str:
+        """Text held back for a stop string that never came (the request ended)."""
+        delta, self.sent = self.text[self.sent:], len(self.text)
+        return delta
+
+    def _partial_stop(self) -> int:
+        """Length of the longest tail of the text that is a proper prefix of a stop string."""
+        return max((n for s in self.stop for n in range(1, len(s))
+                    if self.text.endswith(s[:n])), default=0)
 
 
 def complete(model: Transformer, tokenizer, prompt: str, max_new_tokens: int = 64,

@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 import torch
 
 from . import observe
-from .generate import (GREEDY, Sampling, check_decoding, check_prompts, logits_to_probs,
-                       make_generator)
+from .generate import (GREEDY, Sampling, check_decoding, check_prompts, draw,
+                       logits_to_probs, make_generator, sample_with_probs)
 from .validate import integer
 from .kv_cache import KVCache
 from .model import Transformer
@@ -114,21 +114,17 @@ def verify(p: torch.Tensor, q: torch.Tensor | None, draft: list[int], greedy: bo
     p: (n+1, V) target probabilities at each draft position and one past it.
     q: (n, V) draft probabilities, or None for a deterministic (one-hot) proposal.
     """
+    if greedy:  # one greedy rule: the longest prefix that agrees with the argmax
+        return verify_greedy(p.argmax(-1).tolist(), draft)
     for i, d in enumerate(draft):
-        if greedy:
-            if int(p[i].argmax()) != d:
-                return i, int(p[i].argmax())
-            continue
         q_d = 1.0 if q is None else float(q[i, d])
         if torch.rand((), generator=gen).item() < min(1.0, float(p[i, d]) / q_d):
             continue
         q_i = torch.nn.functional.one_hot(torch.tensor(d), p.shape[-1]).to(p) if q is None else q[i]
         residual = (p[i] - q_i).clamp(min=0)
         residual = residual / residual.sum()
-        return i, int(torch.multinomial(residual, 1, generator=gen))
-    last = p[len(draft)]
-    bonus = int(last.argmax()) if greedy else int(torch.multinomial(last, 1, generator=gen))
-    return len(draft), bonus
+        return i, int(draw(residual[None], gen))
+    return len(draft), int(draw(p[len(draft)][None], gen))  # the bonus token
 
 
 def verify_greedy(choices: list[int], draft: list[int]) -> tuple[int, int]:
@@ -163,12 +159,11 @@ class ModelDrafter:
         self.base = self.cache.length + len(self.pending)  # cache length once pending is in
         for _ in range(k):
             logits = self.model(x, self.cache, last_only=True)[:, -1]  # (1, V)
-            if self.sampling.greedy:  # greedy verification never reads q: skip softmax
-                t = int(logits.argmax())
-            else:
-                q = logits_to_probs(logits.float(), self.sampling)[0]  # (V,)
-                t = int(torch.multinomial(q, 1, generator=self.gen))
-                probs.append(q)
+            # Greedy returns no q (greedy verification never reads it: no softmax).
+            tok, q = sample_with_probs(logits.float(), self.sampling, self.gen)
+            t = int(tok)
+            if q is not None:
+                probs.append(q[0])  # (V,)
             tokens.append(t)
             x = torch.tensor([[t]], device=self.model.device)
         return tokens, torch.stack(probs) if probs else None

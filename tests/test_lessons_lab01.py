@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from infer_lab import metrics
+from infer_lab import timing as metrics  # decode timing lives in infer_lab.timing
 from infer_lab.config import PRESETS, ModelConfig
 from infer_lab.lessons import lab01_kv_cache as widgets  # lab 01's figures and calculators
 from infer_lab.model import Transformer

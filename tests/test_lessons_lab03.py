@@ -4,7 +4,7 @@ import plotly.graph_objects as go
 import pytest
 import torch
 
-from infer_lab import metrics
+from infer_lab import timing as metrics  # decode timing lives in infer_lab.timing
 from infer_lab.config import get_config
 from infer_lab.lessons import lab03_pruning as pviz
 from infer_lab.lessons import lab04_distillation as dviz

@@ -2,7 +2,7 @@
 
 * Without a cache, token t re-runs attention over all t previous tokens, so a sequence
   of n tokens costs O(n^2); with it, each step computes one new K, V pair and reads the
-  rest (:class:`CacheTimingExplorer`, timed by :func:`infer_lab.metrics.time_decode`).
+  rest (:class:`CacheTimingExplorer`, timed by :func:`infer_lab.timing.time_decode`).
 * Its memory bill: 2 (K and V) x layers x KV heads x head_dim x tokens x batch x bytes
   per element (:func:`kv_bytes`, :class:`KVCalculator`); grouped-query attention
   (Ainslie et al. 2023) divides it by heads / KV heads.
@@ -16,7 +16,7 @@ import ipywidgets as W
 import plotly.graph_objects as go
 
 from ..config import PRESETS, ModelConfig
-from ..metrics import time_decode
+from ..timing import time_decode
 from .figures import COLORS, GB, kv_growth_figure, layout
 from .widgets import Explorer, device_memory_options, swap_figure
 

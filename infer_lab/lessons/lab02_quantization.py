@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from ..bench import format_table
-from ..metrics import decode_tokens_per_s
+from ..timing import decode_tokens_per_s
 from ..quality import heldout_ids
 from ..quant.apply import Scheme, quantize_model
 from ..quant.catalog import (

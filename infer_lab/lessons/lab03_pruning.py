@@ -12,7 +12,7 @@
   pattern sparse tensor cores (NVIDIA Ampere and later) skip in hardware:
   :func:`pattern_2_4_figure` draws it.
 * Structured pruning removes whole MLP neurons: the matrices shrink and the matmuls
-  with them, on any hardware. :func:`infer_lab.metrics.decode_tokens_per_s` measures it.
+  with them, on any hardware. :func:`infer_lab.timing.decode_tokens_per_s` measures it.
 
 The lab's sizes are ``scale.pruning`` (:mod:`infer_lab.scale`); its held-out ids come
 from :func:`infer_lab.quality.heldout_ids`.

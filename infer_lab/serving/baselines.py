@@ -15,9 +15,8 @@ With output lengths n_1..n_B, a batch runs max(n_i) decode steps for sum(n_i) us
 tokens, so its utilisation is sum(n_i) / (B * max(n_i)); continuous batching refills
 a finished row on the next step instead.
 
-Same interface as :class:`~infer_lab.serving.engine.Engine` (``add_request``, ``step``,
-``has_unfinished``, ``run``, ``generate``, ``records``), so one benchmark loop drives all
-three.
+Both implement :class:`~infer_lab.serving.interface.ServingEngine`, as the
+:class:`~infer_lab.serving.engine.Engine` does, so one benchmark loop drives all three.
 """
 
 from __future__ import annotations
@@ -30,7 +29,7 @@ import torch
 from ..generate import GREEDY, Sampling, check_decoding, check_prompts, prefill, sample
 from ..kv_cache import KVCache
 from ..model import Transformer
-from .engine import StepRecord, TokenOutput
+from .interface import EngineLoad, StepRecord, TokenOutput
 from .model_runner import Generators
 from .sequence import Sequence, Status
 
@@ -141,6 +140,16 @@ class _RequestLevelBatcher:
     def kv_bytes(self) -> int:
         """Bytes the current batch's contiguous cache reserves."""
         return self.cache.bytes() if self.cache is not None else 0
+
+    def load(self) -> EngineLoad:
+        return EngineLoad(len(self.waiting), len(self.batch), self.max_batch_size)
+
+    def kv_usage(self) -> None:
+        """No block pool: its KV memory is :meth:`kv_bytes`, in the step records."""
+        return None
+
+    def set_draining(self, draining: bool) -> None:
+        self.draining = draining
 
 
 class StaticBatcher(_RequestLevelBatcher):

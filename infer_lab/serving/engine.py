@@ -38,14 +38,17 @@ from collections.abc import Sequence as Seq
 from dataclasses import dataclass, field
 
 from .. import observe
-from ..generate import GREEDY, Sampling, check_decoding, make_generator
+from ..generate import GREEDY, Sampling, check_decoding
 from ..model import Transformer
 from .block_manager import BlockManager
 from .model_runner import ModelRunner
 from .paged_attention import PagedKVCache
 from .scheduler import Scheduler, SchedulerOutput
+from .interface import EngineLoad, KVUsage, StepRecord, TokenOutput
 from .sequence import Sequence
 from ..validate import token_ids
+
+__all__ = ["Engine", "EngineConfig", "EngineLoad", "KVUsage", "StepRecord", "TokenOutput"]
 
 log = logging.getLogger(__name__)
 ALONE_ATTEMPTS = 2  # forwards a request gets alone, after a batched one raised, to work
@@ -67,87 +70,8 @@ class EngineConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
 
-@dataclass
-class StepRecord:
-    """What one step did: which sequences ran and how many tokens of each kind."""
-
-    step: int
-    start: float
-    end: float
-    seq_ids: list[int]
-    num_prefill_tokens: int
-    num_decode_tokens: int
-    preempted_ids: list[int]
-    finished_ids: list[int]
-    num_running: int
-    num_waiting: int
-    blocks_used: int  # paged KV blocks held after the step (0 for the baselines)
-    kv_bytes: int  # KV memory held after the step: blocks, or a baseline's contiguous cache
-
-    @property
-    def duration(self) -> float:
-        return self.end - self.start
-
-    @property
-    def num_tokens(self) -> int:
-        return self.num_prefill_tokens + self.num_decode_tokens
-
-
-@dataclass
-class TokenOutput:
-    """One new token of one request, as a server streams it; or, with ``error`` set and
-    ``token`` None, the end of a request that failed while being served."""
-
-    seq: Sequence
-    token: int | None
-    finished: bool
-    error: str | None = None
-
-    @property
-    def seq_id(self) -> int:
-        return self.seq.seq_id
-
-
-@dataclass
-class KVUsage:
-    """KV memory right now: blocks, and bytes paged vs contiguous preallocation."""
-
-    blocks_used: int
-    blocks_total: int
-    block_size: int
-    bytes_per_token: int
-    tokens: int  # tokens with K/V in the cache, summed over running requests
-    num_running: int
-    max_seq_len: int
-    reserved_tokens: int = field(default=0)  # sum of prompt + max_tokens over running
-
-    @property
-    def paged_bytes(self) -> int:
-        """Bytes held by allocated blocks (shared prefix blocks counted once)."""
-        return self.blocks_used * self.block_size * self.bytes_per_token
-
-    @property
-    def token_bytes(self) -> int:
-        """Bytes the stored tokens actually need."""
-        return self.tokens * self.bytes_per_token
-
-    @property
-    def contiguous_bytes(self) -> int:
-        """What a contiguous cache preallocated at max_seq_len per request would hold."""
-        return self.num_running * self.max_seq_len * self.bytes_per_token
-
-    @property
-    def contiguous_request_bytes(self) -> int:
-        """Contiguous preallocation sized to each request's prompt + max_tokens."""
-        return self.reserved_tokens * self.bytes_per_token
-
-    @property
-    def usage(self) -> float:
-        return self.blocks_used / self.blocks_total
-
-
 class Engine:
-    """Continuous-batching engine over one model.
+    """Continuous-batching engine over one model (a :class:`~.interface.ServingEngine`).
 
         engine = Engine(model, EngineConfig(num_blocks=256))
         seq = engine.add_request(prompt_ids, max_tokens=32)
@@ -189,7 +113,6 @@ class Engine:
         if seq.max_len > cfg.max_seq_len:
             raise ValueError(f"prompt of {len(seq.prompt)} tokens + max_tokens={max_tokens} "
                              f"exceeds the model's context of {cfg.max_seq_len} tokens")
-        seq.generator = make_generator(sampling, self.model.device)
         self.scheduler.add(seq)  # checks that the request fits the KV pool
         self.requests[seq.seq_id] = seq
         return seq
@@ -199,6 +122,7 @@ class Engine:
         seq = self.requests.pop(seq_id, None)
         if seq is not None:
             self.scheduler.abort(seq)
+            self.runner.generators.release(seq_id)
 
     def has_unfinished(self) -> bool:
         return self.scheduler.has_unfinished()
@@ -220,6 +144,7 @@ class Engine:
         finished = self.scheduler.update(out, new_tokens, now)
         for seq in finished:
             self.requests.pop(seq.seq_id, None)
+            self.runner.generators.release(seq.seq_id)
         outputs = [TokenOutput(c.seq, new_tokens[c.seq.seq_id], c.seq.is_finished)
                    for c in out.chunks if c.seq.seq_id in new_tokens]
         outputs += [TokenOutput(seq, None, True, seq.error) for seq in failed]
@@ -295,6 +220,7 @@ class Engine:
                   exc_info=error)
         self.scheduler.abort(seq, reason="error")
         self.requests.pop(seq.seq_id, None)
+        self.runner.generators.release(seq.seq_id)
         self.num_request_errors += 1
         return seq
 
@@ -311,6 +237,14 @@ class Engine:
         return [s.output for s in seqs]
 
     # -- what a lab or a benchmark reads --------------------------------------------------
+    def load(self) -> EngineLoad:
+        return EngineLoad(len(self.scheduler.waiting), len(self.scheduler.running),
+                          self.config.max_num_seqs, self.block_manager.num_used_blocks,
+                          self.block_manager.num_blocks)
+
+    def set_draining(self, draining: bool) -> None:
+        """Continuous batching never waits for arrivals: nothing to change."""
+
     def kv_usage(self) -> KVUsage:
         running = self.scheduler.running
         return KVUsage(

@@ -30,11 +30,11 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from ..sampling import Sampling
+from .interface import ServingEngine
 
 log = logging.getLogger(__name__)
 
@@ -67,14 +67,12 @@ class ServerMetrics:
                                     registry=r)
         self._window: deque[tuple[float, int]] = deque()
 
-    def observe_state(self, engine: Any) -> None:
-        sched = getattr(engine, "scheduler", None)  # the baselines keep plain queues
-        self.waiting.set(len(sched.waiting) if sched else len(getattr(engine, "waiting", ())))
-        self.running.set(len(sched.running) if sched else len(getattr(engine, "batch", ())))
-        bm = getattr(engine, "block_manager", None)
-        if bm is not None:
-            self.kv_used.set(bm.num_used_blocks)
-            self.kv_total.set(bm.num_blocks)
+    def observe_state(self, engine: ServingEngine) -> None:
+        load = engine.load()
+        self.waiting.set(load.num_waiting)
+        self.running.set(load.num_running)
+        self.kv_used.set(load.kv_blocks_used)
+        self.kv_total.set(load.kv_blocks_total)
 
     def observe_tokens(self, num_tokens: int, now: float) -> None:
         self.tokens.inc(num_tokens)
@@ -88,7 +86,7 @@ class ServerMetrics:
 class EngineLoop:
     """The one thread that owns the engine. Everything else talks to it by command."""
 
-    def __init__(self, engine: Any, metrics: ServerMetrics):
+    def __init__(self, engine: ServingEngine, metrics: ServerMetrics):
         self.engine, self.metrics = engine, metrics
         self._cmds: queue.SimpleQueue = queue.SimpleQueue()
         self._sinks: dict[int, Callable[[tuple], None]] = {}  # seq_id -> deliver(token event)

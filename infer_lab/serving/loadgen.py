@@ -37,6 +37,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from .interface import ServingEngine
 from ..metrics import percentiles
 
 _DEF = re.compile(r"^([ \t]*)(?:async\s+)?def ", re.MULTILINE)
@@ -168,7 +169,7 @@ def _result(seq: Any) -> RequestResult:
                          len(seq.prompt), seq.finish_time)
 
 
-def run_engine(engine: Any, workload: list[Request], mode: str = "open",
+def run_engine(engine: ServingEngine, workload: list[Request], mode: str = "open",
                concurrency: int = 8, progress: bool = False) -> LoadReport:
     """Drive an Engine, StaticBatcher or DynamicBatcher; greedy, EOS ignored (fixed lengths).
 
@@ -202,14 +203,15 @@ def run_engine(engine: Any, workload: list[Request], mode: str = "open",
             while pending and pending[0].arrival <= now:
                 r = pending.popleft()
                 submit(r, t0 + r.arrival)
-        if not pending and hasattr(engine, "draining"):
-            engine.draining = True  # a static batcher may now start a partial batch
+        if not pending:
+            engine.set_draining(True)  # a static batcher may now start a partial batch
         before = engine.num_steps  # a step can run (a prompt chunk) and return no token
         if engine.has_unfinished():
             engine.step()
         ran = engine.num_steps != before
-        if ran and hasattr(engine, "kv_usage"):
-            kv.append(engine.kv_usage())
+        usage = engine.kv_usage() if ran else None
+        if usage is not None:
+            kv.append(usage)
         done = [s for s in live if s.is_finished]
         if done:
             live[:] = [s for s in live if not s.is_finished]
@@ -221,8 +223,7 @@ def run_engine(engine: Any, workload: list[Request], mode: str = "open",
                         submit(pending.popleft(), time.perf_counter())
         if not ran and pending and mode == "open":  # idle until the next arrival
             time.sleep(max(0.0, min(0.01, pending[0].arrival - (time.perf_counter() - t0))))
-    if hasattr(engine, "draining"):
-        engine.draining = False
+    engine.set_draining(False)
     if bar is not None:
         bar.close()
     end = max((s.finish_time for s in seqs if s.finish_time), default=time.perf_counter())
