@@ -156,7 +156,7 @@ def _no_residual(p, q, draft, greedy, gen):
 @pytest.mark.parametrize("wrong", [_accept_exact_matches_only, _no_residual])
 def test_wrong_acceptance_rules_fail_the_same_test(small_vocab_pair, monkeypatch, wrong):
     target, draft = small_vocab_pair
-    monkeypatch.setattr(speculative, "verify", wrong)
+    monkeypatch.setattr(speculative.decode, "verify", wrong)  # the rule decode.py calls
     counts = _first_two_token_counts(target, draft, 3000, k=2, seed=0)
     assert _chi2(counts, _exact_first_two(target)) > CHI2_63_P001
 
