@@ -25,7 +25,8 @@ if TYPE_CHECKING:
     import torch
 
     from .config import PRESETS, ModelConfig, get_config
-    from .generate import GREEDY, Sampling, complete, generate, stream
+    from .generate import GREEDY, Sampling, generate
+    from .streaming import complete, stream
     from .kv_cache import KVCache
     from .model import Transformer
     from .tokenizer import Tokenizer
@@ -38,7 +39,7 @@ __version__ = "0.1.0"
 _HOMES = {"ModelConfig": "config", "PRESETS": "config", "get_config": "config",
           "Transformer": "model", "KVCache": "kv_cache", "Tokenizer": "tokenizer",
           "Sampling": "sampling", "GREEDY": "sampling",
-          "generate": "generate", "stream": "generate", "complete": "generate"}
+          "generate": "generate", "stream": "streaming", "complete": "streaming"}
 
 
 def __getattr__(name: str) -> Any:

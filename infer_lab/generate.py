@@ -2,10 +2,12 @@
 
     prefill(model, prompts, cache)        -> logits of each prompt's last token
     decode_one_token(model, tokens, cache) -> logits of the next token
-    sample(logits, sampling, generator)   -> next tokens
-    generate(...)                          prefill, then decode until a stop condition
-    generate_no_cache(...)                 the O(n^2) baseline: a full forward per token
-    stream(...)                            one prompt, yields each token with its time
+    sample(logits, sampling, generator)   -> next tokens (the one sampling path)
+    decode_steps(...)                      prefill, then one token per step, observed
+    generate(...)                          the tokens of each prompt until a stop condition
+    generate(..., use_cache=False)         the O(n^2) baseline: a full forward per token
+
+Text in and out (stream, complete, stop strings) is :mod:`infer_lab.streaming`.
 
 Sampling: greedy (temperature 0), temperature scaling p ~ softmax(z / T), top-k, and
 nucleus / top-p sampling (Holtzman et al. 2020: keep the smallest set of tokens whose
@@ -14,9 +16,7 @@ probability mass reaches p).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 
 import torch
 
@@ -26,9 +26,10 @@ from .model import Transformer
 from .sampling import GREEDY, MIN_TEMPERATURE, Sampling
 from .validate import integer, prompt_batch
 
-__all__ = ["GREEDY", "MIN_TEMPERATURE", "Sampling", "check_prompts", "collect", "complete",
-           "check_decoding", "check_logits", "decode_one_token", "draw", "decode_steps", "decode_steps_no_cache", "generate",
-           "logits_to_probs", "make_generator", "prefill", "sample", "sample_with_probs", "stream", "TextStream"]
+__all__ = ["GREEDY", "MIN_TEMPERATURE", "Sampling", "check_decoding", "check_logits",
+           "check_prompts", "collect", "decode_one_token", "decode_steps",
+           "decode_steps_no_cache", "draw", "generate", "logits_to_probs", "make_generator",
+           "prefill", "sample", "sample_with_probs"]
 
 
 def logits_to_probs(logits: torch.Tensor, sampling: Sampling) -> torch.Tensor:
@@ -235,84 +236,3 @@ def generate(model: Transformer, prompts: list[list[int]], max_new_tokens: int,
             raise ValueError("window needs use_cache=True")
         steps = decode_steps_no_cache(model, prompts, max_new_tokens, sampling)
     return collect(steps, len(prompts), max_new_tokens, eos_id)
-
-
-@dataclass
-class TokenEvent:
-    """One streamed token: its id, the text it completes, and seconds since the call."""
-
-    index: int
-    token: int
-    text: str
-    t: float
-
-
-def stream(model: Transformer, tokenizer, prompt: str, max_new_tokens: int = 64,
-           sampling: Sampling = GREEDY, stop: list[str] | None = None,
-           stop_at_eos: bool = True,
-           observers: Sequence[observe.Observer] | None = None) -> Iterator[TokenEvent]:
-    """Generate from a text prompt, yielding each token as soon as it exists.
-
-    Stops at EOS, after ``max_new_tokens``, or when the text so far contains a stop
-    string (the stop string itself is not yielded). The first event's ``t`` is the time
-    to first token (TTFT); gaps between later events are the time per output token.
-    """
-    if not isinstance(prompt, str):
-        raise ValueError(f"prompt must be a string, got {type(prompt).__name__}; for token "
-                         "ids use generate(model, [ids], n)")
-    if not prompt:
-        raise ValueError("empty prompt: give at least one character")
-    ids = tokenizer.encode(prompt)
-    eos = tokenizer.eos_id if stop_at_eos else None
-    text, t0 = TextStream(tokenizer, stop or []), time.perf_counter()
-    steps = decode_steps(model, [ids], max_new_tokens, sampling, eos, observers=observers)
-    for i, tok in enumerate(steps):
-        t = int(tok[0])
-        if eos is not None and t == eos:
-            return
-        delta, hit = text.push(t, last=i == max_new_tokens - 1)
-        yield TokenEvent(i, t, delta, time.perf_counter() - t0)
-        if hit:
-            return
-
-
-class TextStream:
-    """Token ids -> text deltas: whole UTF-8 characters, stop strings cut and held back.
-
-    The one stop-string rule, for :func:`stream` and the HTTP server: the text up to the
-    first stop string is sent, never the stop string itself; a tail that could still grow
-    into one waits until the next token says whether it did (or until nothing follows).
-    """
-
-    def __init__(self, tokenizer, stop: list[str]):
-        from .tokenizer import StreamDecoder
-
-        self.dec, self.stop = StreamDecoder(tokenizer), stop
-        self.text, self.sent = "", 0
-
-    def push(self, token: int, last: bool) -> tuple[str, bool]:
-        """(new text safe to send, stop string reached)."""
-        self.text += self.dec.push(token)
-        hit = min((self.text.find(s) for s in self.stop if s in self.text), default=-1)
-        # A tail that may still grow into a stop string waits, unless nothing follows.
-        end = hit if hit >= 0 else len(self.text) - (0 if last else self._partial_stop())
-        delta, self.sent = self.text[self.sent:end], max(self.sent, end)
-        return delta, hit >= 0
-
-    def flush(self) -> str:
-        """Text held back for a stop string that never came (the request ended)."""
-        delta, self.sent = self.text[self.sent:], len(self.text)
-        return delta
-
-    def _partial_stop(self) -> int:
-        """Length of the longest tail of the text that is a proper prefix of a stop string."""
-        return max((n for s in self.stop for n in range(1, len(s))
-                    if self.text.endswith(s[:n])), default=0)
-
-
-def complete(model: Transformer, tokenizer, prompt: str, max_new_tokens: int = 64,
-             sampling: Sampling = GREEDY, stop: list[str] | None = None,
-             observers: Sequence[observe.Observer] | None = None) -> str:
-    """The generated continuation of ``prompt`` as text."""
-    return "".join(e.text for e in stream(model, tokenizer, prompt, max_new_tokens,
-                                          sampling, stop, observers=observers))

@@ -105,7 +105,7 @@ def latency_from_times(times: Sequence[float]) -> RequestLatency:
 
 
 def latency_from_events(events: Iterable) -> RequestLatency:
-    """RequestLatency from the :class:`~infer_lab.generate.TokenEvent` list of ``stream``."""
+    """RequestLatency from the :class:`~infer_lab.streaming.TokenEvent` list of ``stream``."""
     return latency_from_times([e.t for e in events])
 
 
@@ -223,7 +223,8 @@ def measure_generation(model, tokenizer, prompts: Sequence[str], max_new_tokens:
     """
     from tqdm.auto import tqdm
 
-    from .generate import GREEDY, stream
+    from .sampling import GREEDY
+    from .streaming import stream
 
     sampling = sampling or GREEDY
     for p in list(prompts)[:warmup]:

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from infer_lab.config import ModelConfig
-from infer_lab.generate import (GREEDY, Sampling, collect, generate, logits_to_probs, sample,
-                                stream)
+from infer_lab.generate import GREEDY, Sampling, collect, generate, logits_to_probs, sample
+from infer_lab.streaming import stream
 from infer_lab.model import Transformer
 
 

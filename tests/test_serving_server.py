@@ -9,7 +9,7 @@ import torch
 from starlette.testclient import TestClient
 
 import infer_lab
-from infer_lab.generate import complete
+from infer_lab.streaming import complete
 from infer_lab.serving import Engine, EngineConfig
 from infer_lab.serving.server import ServerThread, TextStream, build_app
 

@@ -38,7 +38,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from ..generate import TextStream
+from ..streaming import TextStream
 from .engine_loop import EngineLoop, ServerMetrics
 from .interface import ServingEngine
 from .schema import BadRequest, ParsedRequest, decode_body, parse_request

@@ -14,7 +14,7 @@ SAMPLE_PROMPT = "def read_config(path):"  # no trailing newline: BPE merges it w
 
 
 def sample_completion(model, tokenizer, max_new_tokens: int = 48) -> str:
-    from ..generate import complete
+    from ..streaming import complete
 
     return complete(model, tokenizer, SAMPLE_PROMPT, max_new_tokens)
 
