@@ -1,0 +1,146 @@
+"""GGUF files -> our Transformer: llama.cpp's single-file checkpoints, read offline.
+
+A GGUF file is a header, key/value metadata (``llama.block_count``,
+``llama.attention.head_count``, the tokenizer, ...) and tensors stored as blocks
+(:mod:`infer_lab.quant.gguf_blocks`). The ``gguf`` package reads the container; this
+module maps it onto :class:`~infer_lab.model.Transformer`:
+
+* config: ``{arch}.*`` keys -> :class:`~infer_lab.config.ModelConfig`;
+* weights: ``blk.{i}.attn_q.weight`` ... -> ``layers.{i}.attn.wqkv.weight`` (q, k, v fused,
+  as :mod:`infer_lab.hf` does), ``token_embd`` -> ``tok_emb``, ``output`` -> ``lm_head``
+  (absent when tied), ``ffn_gate/up/down`` -> ``mlp.w1/w3/w2``;
+* RoPE layout: llama.cpp's converter reorders each head's query and key rows from the
+  "rotate half" layout (pairs (i, i + d/2), what HF and our ``apply_rope`` use) to
+  interleaved pairs (2i, 2i + 1). :func:`unpermute` puts them back:
+
+      HF -> GGUF:  W.reshape(H, 2, d/2, C).transpose(1, 2)      (our inverse below)
+
+The tokenizer and chat template in the metadata, and keeping the linears quantized, are
+for later (issue 14); this module loads the weights, dequantized to ``dtype``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import ModelConfig
+from .model import Transformer
+from .quant.gguf_blocks import dequantize
+
+SUPPORTED_ARCHS = ("llama",)  # SmolLM2, Llama 2/3, TinyLlama, ... all say "llama"
+
+
+@dataclass
+class GGUFTensor:
+    kind: str  # "F32", "Q4_1", ...
+    shape: tuple[int, ...]  # (rows, cols), PyTorch order
+    data: torch.Tensor  # the raw bytes (uint8) or values as stored
+
+
+@dataclass
+class GGUFFile:
+    metadata: dict[str, Any]
+    tensors: dict[str, GGUFTensor]
+
+    @property
+    def architecture(self) -> str:
+        return self.metadata.get("general.architecture", "?")
+
+
+def read_gguf(path: str | Path) -> GGUFFile:
+    """The metadata and tensors of a GGUF file; ValueError for a file that is not one."""
+    from gguf import GGUFReader
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no GGUF file at {path}")
+    try:
+        reader = GGUFReader(path)
+    except (ValueError, IndexError, OSError) as e:  # bad magic, truncated header/tensors
+        raise ValueError(f"{path} is not a readable GGUF file (truncated or corrupt?): "
+                         f"{e}") from None
+    meta = {k: f.contents() for k, f in reader.fields.items() if not k.startswith("GGUF.")}
+    tensors = {}
+    for t in reader.tensors:
+        shape = tuple(int(n) for n in reversed(t.shape.tolist()))  # GGML lists ne0 first
+        tensors[t.name] = GGUFTensor(t.tensor_type.name, shape,
+                                     torch.from_numpy(t.data.copy()).flatten())
+    return GGUFFile(meta, tensors)
+
+
+def config_from_gguf(f: GGUFFile) -> ModelConfig:
+    """ModelConfig from ``{arch}.*`` metadata; ValueError for an architecture we lack."""
+    arch = f.architecture
+    if arch not in SUPPORTED_ARCHS:
+        raise ValueError(f"GGUF architecture {arch!r} is not supported; supported: "
+                         f"{', '.join(SUPPORTED_ARCHS)}")
+    m = f.metadata
+
+    def key(name: str, default: Any = None) -> Any:
+        v = m.get(f"{arch}.{name}", default)
+        if v is None:
+            raise ValueError(f"GGUF metadata lacks {arch}.{name}")
+        return v
+
+    n_head = int(key("attention.head_count"))
+    d_model = int(key("embedding_length"))
+    vocab = f.tensors["token_embd.weight"].shape[0]
+    return ModelConfig(
+        vocab_size=vocab, n_layer=int(key("block_count")), n_head=n_head,
+        n_kv_head=int(key("attention.head_count_kv", n_head)), d_model=d_model,
+        d_ff=int(key("feed_forward_length")), max_seq_len=int(key("context_length")),
+        block="llama", norm_eps=float(key("attention.layer_norm_rms_epsilon", 1e-5)),
+        rope_theta=float(key("rope.freq_base", 10000.0)),
+        tie_embeddings="output.weight" not in f.tensors)
+
+
+def unpermute(w: torch.Tensor, n_head: int) -> torch.Tensor:
+    """Rows of a GGUF query/key weight (n_head * d, C) back to the rotate-half layout."""
+    rows, cols = w.shape
+    d = rows // n_head
+    return w.reshape(n_head, d // 2, 2, cols).transpose(1, 2).reshape(rows, cols)
+
+
+def _weight(f: GGUFFile, name: str) -> torch.Tensor:
+    if name not in f.tensors:
+        raise ValueError(f"GGUF file lacks tensor {name!r}")
+    t = f.tensors[name]
+    return dequantize(t.kind, t.data.view(torch.uint8), t.shape)
+
+
+def state_dict_from_gguf(f: GGUFFile, cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    """Our parameter names -> float32 tensors, q/k rows unpermuted, q, k, v fused."""
+    sd = {"tok_emb.weight": _weight(f, "token_embd.weight"),
+          "norm.weight": _weight(f, "output_norm.weight")}
+    if not cfg.tie_embeddings:
+        sd["lm_head.weight"] = _weight(f, "output.weight")
+    for i in range(cfg.n_layer):
+        g, o = f"blk.{i}.", f"layers.{i}."
+        q = unpermute(_weight(f, g + "attn_q.weight"), cfg.n_head)
+        k = unpermute(_weight(f, g + "attn_k.weight"), cfg.n_kv_head)
+        sd[o + "attn.wqkv.weight"] = torch.cat([q, k, _weight(f, g + "attn_v.weight")])
+        for ours, theirs in (("attn_norm.weight", "attn_norm.weight"),
+                             ("attn.wo.weight", "attn_output.weight"),
+                             ("mlp_norm.weight", "ffn_norm.weight"),
+                             ("mlp.w1.weight", "ffn_gate.weight"),
+                             ("mlp.w3.weight", "ffn_up.weight"),
+                             ("mlp.w2.weight", "ffn_down.weight")):
+            sd[o + ours] = _weight(f, g + theirs)
+    return sd
+
+
+def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32,
+              device: torch.device | str = "cpu") -> Transformer:
+    """A llama-architecture GGUF file as our Transformer, weights dequantized to ``dtype``."""
+    f = read_gguf(path)
+    cfg = config_from_gguf(f)
+    model = Transformer(cfg)
+    missing, unexpected = model.load_state_dict(state_dict_from_gguf(f, cfg), strict=False)
+    if unexpected or [k for k in missing if k != "lm_head.weight"]:
+        raise ValueError(f"GGUF weights do not fit the model: missing {missing}, "
+                         f"unexpected {unexpected}")
+    return model.to(device=device, dtype=dtype).eval()
