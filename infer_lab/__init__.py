@@ -26,20 +26,22 @@ if TYPE_CHECKING:
 
     from .config import PRESETS, ModelConfig, get_config
     from .generate import GREEDY, Sampling, generate
+    from .chat import chat
     from .streaming import complete, stream
     from .kv_cache import KVCache
     from .model import Transformer
     from .tokenizer import Tokenizer
 
 __all__ = ["load", "ModelConfig", "PRESETS", "get_config", "Transformer", "KVCache",
-           "Tokenizer", "Sampling", "GREEDY", "generate", "stream", "complete"]
+           "Tokenizer", "Sampling", "GREEDY", "generate", "stream", "complete", "chat"]
 __version__ = "0.1.0"
 
 # Where each public name lives; it is imported from there when first asked for.
 _HOMES = {"ModelConfig": "config", "PRESETS": "config", "get_config": "config",
           "Transformer": "model", "KVCache": "kv_cache", "Tokenizer": "tokenizer",
           "Sampling": "sampling", "GREEDY": "sampling",
-          "generate": "generate", "stream": "streaming", "complete": "streaming"}
+          "generate": "generate", "stream": "streaming", "complete": "streaming",
+          "chat": "chat"}
 
 
 def __getattr__(name: str) -> Any:
@@ -78,8 +80,9 @@ sys.modules[__name__].__class__ = _Package
 
 def load(name: str, device: torch.device | str | None = None,
          dtype: torch.dtype | None = None) -> tuple[Transformer, Tokenizer]:
-    """A model and its tokenizer: a zoo name ("code-s", "code-m"), a local Hugging Face
-    checkpoint folder, or a hub name when the machine is online.
+    """A model and its tokenizer: a zoo name ("code-s", "code-m"), a packaged real model
+    ("smollm2-135m", from its GGUF file), a path to a ``.gguf`` file, a local Hugging
+    Face checkpoint folder, or a hub name when the machine is online.
 
     Device and dtype default to the best this machine has (see :mod:`infer_lab.hardware`).
     """
@@ -92,6 +95,10 @@ def load(name: str, device: torch.device | str | None = None,
     dtype = dtype or default_dtype(device)
     if name in ZOO:
         return load_zoo(name, device, dtype)
+    from .gguf import PACKAGED, load_gguf_with_tokenizer
+
+    if name in PACKAGED or str(name).endswith(".gguf"):  # a real model, from its GGUF file
+        return load_gguf_with_tokenizer(name, dtype=dtype, device=device)
     from .checkpoints import load_hf  # transformers is imported only for real checkpoints
 
     return load_hf(name, device=device, dtype=dtype)

