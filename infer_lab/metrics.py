@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import math
 import resource
-import statistics
 import sys
 import time
 from collections.abc import Iterable, Sequence

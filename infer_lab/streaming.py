@@ -16,10 +16,14 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from . import observe
 from .generate import decode_steps
 from .sampling import GREEDY, Sampling
+
+if TYPE_CHECKING:
+    from .model import Transformer
 
 __all__ = ["TextStream", "TokenEvent", "complete", "stream"]
 

@@ -17,6 +17,7 @@ import json
 import random
 import re
 import threading
+import time
 
 import httpx
 import pytest
@@ -180,10 +181,10 @@ def test_soak_mixed_traffic_then_healthy_counters_and_empty_pool(model_tok):
         assert not any(t.is_alive() for t in threads), "soak did not finish in time"
         assert not errors, errors[:3]
         with httpx.Client(base_url=server.url, timeout=30) as c:
-            deadline = __import__("time").monotonic() + 20
+            deadline = time.monotonic() + 20
             while engine.has_unfinished():  # dropped streams are aborted asynchronously
-                assert __import__("time").monotonic() < deadline, "requests left running"
-                __import__("time").sleep(0.05)
+                assert time.monotonic() < deadline, "requests left running"
+                time.sleep(0.05)
             assert c.get("/health").json()["status"] == "ok"
             metrics = c.get("/metrics").text
     generated = _metric(metrics, "infer_lab_generated_tokens_total")
