@@ -79,12 +79,16 @@ sys.modules[__name__].__class__ = _Package
 
 
 def load(name: str, device: torch.device | str | None = None,
-         dtype: torch.dtype | None = None) -> tuple[Transformer, Tokenizer]:
+         dtype: torch.dtype | None = None, keep_quantized: bool = False
+         ) -> tuple[Transformer, Tokenizer]:
     """A model and its tokenizer: a zoo name ("code-s", "code-m"), a packaged real model
     ("smollm2-135m", from its GGUF file), a path to a ``.gguf`` file, a local Hugging
     Face checkpoint folder, or a hub name when the machine is online.
 
     Device and dtype default to the best this machine has (see :mod:`infer_lab.hardware`).
+    ``keep_quantized`` (GGUF files only) keeps the file's quantized blocks instead of
+    dequantizing them: the model then takes the file's size in memory, and ``dtype`` is
+    what the blocks decode to.
     """
     import torch
 
@@ -93,12 +97,18 @@ def load(name: str, device: torch.device | str | None = None,
 
     device = torch.device(device) if device is not None else default_device()
     dtype = dtype or default_dtype(device)
-    if name in ZOO:
-        return load_zoo(name, device, dtype)
     from .gguf import PACKAGED, load_gguf_with_tokenizer
 
-    if name in PACKAGED or str(name).endswith(".gguf"):  # a real model, from its GGUF file
-        return load_gguf_with_tokenizer(name, dtype=dtype, device=device)
+    is_gguf = name in PACKAGED or str(name).endswith(".gguf")
+    if keep_quantized and not is_gguf:
+        raise ValueError(f"keep_quantized applies to GGUF files ({', '.join(PACKAGED)} or a "
+                         f".gguf path), not {name!r}: quantize other models with "
+                         f"infer_lab.quant.quantize_model")
+    if name in ZOO:
+        return load_zoo(name, device, dtype)
+    if is_gguf:  # a real model, from its GGUF file
+        return load_gguf_with_tokenizer(name, dtype=dtype, device=device,
+                                        keep_quantized=keep_quantized)
     from .checkpoints import load_hf  # transformers is imported only for real checkpoints
 
     return load_hf(name, device=device, dtype=dtype)

