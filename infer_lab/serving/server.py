@@ -1,6 +1,7 @@
 """A streaming HTTP server over the engine: OpenAI's completions API on starlette + uvicorn.
 
     POST /v1/completions   {"prompt", "max_tokens", "temperature", "top_p", "stop", "stream"}
+    POST /v1/chat/completions  the same with "messages" (rendered by the chat template)
     GET  /health           200 while the engine loop is alive
     GET  /metrics          Prometheus text: queue, running, KV blocks, TTFT/TPOT, tokens/s
 
@@ -41,7 +42,7 @@ from starlette.routing import Route
 from ..streaming import TextStream
 from .engine_loop import EngineLoop, ServerMetrics
 from .interface import ServingEngine
-from .schema import BadRequest, ParsedRequest, decode_body, parse_request
+from .schema import BadRequest, ParsedRequest, decode_body, parse_chat_request, parse_request
 
 __all__ = ["BadRequest", "ServerThread", "TextStream", "build_app", "decode_body", "main",
            "parse_request"]
@@ -86,8 +87,14 @@ class CompletionsApp:
         self.in_flight = 0  # touched only on the event loop thread
 
     async def completions(self, request: Request) -> Response:
+        return await self._serve(request, parse_request)
+
+    async def chat_completions(self, request: Request) -> Response:
+        return await self._serve(request, parse_chat_request)
+
+    async def _serve(self, request: Request, parse) -> Response:
         try:
-            req = parse_request(decode_body(await request.body()), self.tokenizer)
+            req = parse(decode_body(await request.body()), self.tokenizer)
         except BadRequest as e:
             self.metrics.bad_requests.inc()
             return _error(400, str(e))
@@ -107,7 +114,7 @@ class CompletionsApp:
             self.metrics.bad_requests.inc()
             return _error(400, str(e))
         events = self._events(req, seq.seq_id, eos, tokens)
-        chunk = _chunker(req.model)
+        chunk = _chunker(req.model, req.chat)
         if req.stream:
             return StreamingResponse(_sse(events, chunk), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache"})
@@ -162,7 +169,7 @@ class CompletionsApp:
         except RequestFailed as e:
             return _error(500, f"the request failed while being served: {e}", "server_error")
         n = len(parts)
-        body = chunk("".join(t for t, _ in parts), parts[-1][1])
+        body = chunk("".join(t for t, _ in parts), parts[-1][1], final=True)
         body["usage"] = {"prompt_tokens": len(req.ids), "completion_tokens": n,
                          "total_tokens": len(req.ids) + n}
         return JSONResponse(body)
@@ -180,14 +187,25 @@ class CompletionsApp:
                         media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
-def _chunker(model: str):
-    """The OpenAI ``text_completion`` object, one per streamed delta (or the whole)."""
-    rid, created = f"cmpl-{uuid.uuid4().hex[:16]}", int(time.time())
+def _chunker(model: str, chat: bool = False):
+    """OpenAI's answer objects, one per streamed delta (or the whole, ``final``):
+    ``text_completion``, or for chat ``chat.completion.chunk`` deltas and a
+    ``chat.completion`` with the assistant's message."""
+    rid, created = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:16]}", int(time.time())
 
-    def chunk(text: str, reason: str | None) -> dict:
-        return {"id": rid, "object": "text_completion", "created": created, "model": model,
-                "choices": [{"index": 0, "text": text, "logprobs": None,
-                             "finish_reason": reason}]}
+    def chunk(text: str, reason: str | None, final: bool = False) -> dict:
+        if not chat:
+            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": reason}
+            kind = "text_completion"
+        elif final:
+            choice = {"index": 0, "message": {"role": "assistant", "content": text},
+                      "finish_reason": reason}
+            kind = "chat.completion"
+        else:
+            choice = {"index": 0, "delta": {"content": text}, "finish_reason": reason}
+            kind = "chat.completion.chunk"
+        return {"id": rid, "object": kind, "created": created, "model": model,
+                "choices": [choice]}
     return chunk
 
 
@@ -212,6 +230,8 @@ def build_app(engine: ServingEngine, tokenizer: Any, max_queue: int = 64) -> Sta
         routes.loop_thread.stop()
 
     app = Starlette(routes=[Route("/v1/completions", routes.completions, methods=["POST"]),
+                            Route("/v1/chat/completions", routes.chat_completions,
+                                  methods=["POST"]),
                             Route("/health", routes.health),
                             Route("/metrics", routes.prometheus)], lifespan=lifespan)
     app.state.engine_loop, app.state.metrics = routes.loop_thread, routes.metrics
