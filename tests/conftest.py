@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+
+# Triton kernels run under Triton's interpreter on a machine without CUDA; triton.jit reads
+# this when a kernel is defined, so it is set before any kernel module is imported (the
+# notebooks' kernels inherit it). On a GPU the kernels compile for real.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from infer_lab.config import get_config
 from infer_lab.model import Transformer
