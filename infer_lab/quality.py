@@ -35,6 +35,9 @@ class Perplexity:
     n_bytes: int | None
 
 
+LOGITS_BUDGET = 64 * 2**20  # bytes of fp32 logits per perplexity batch
+
+
 @torch.inference_mode()
 def token_nll(model, ids: Sequence[int], seq_len: int = 256, batch_size: int = 8,
               progress: bool = True) -> tuple[float, int]:
@@ -52,6 +55,11 @@ def token_nll(model, ids: Sequence[int], seq_len: int = 256, batch_size: int = 8
     starts = range(0, n - 1, seq_len)
     full = [s for s in starts if s + seq_len + 1 <= n]
     tail = [s for s in starts if s + seq_len + 1 > n]  # the shorter last window, if any
+    # A batch's logits are b x seq_len x vocab floats: cap them at LOGITS_BUDGET bytes, so
+    # that a 49k-token vocabulary (SmolLM2: 50 MB per 256-token window) scores one window
+    # at a time instead of holding 400 MB of logits (and as much again in log-softmax).
+    vocab = model.config.vocab_size
+    batch_size = max(1, min(batch_size, LOGITS_BUDGET // (4 * seq_len * vocab)))
     batches = [full[i:i + batch_size] for i in range(0, len(full), batch_size)]
     batches += [[s] for s in tail]
     total, count = 0.0, 0

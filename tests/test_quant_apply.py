@@ -160,3 +160,27 @@ def test_sensitivity_scan_restores_model_and_ranks_layers():
     q = quantize_model(copy.deepcopy(model), mixed)
     for name in rep.most_sensitive(2):
         assert type(q.get_submodule(name)) is nn.Linear
+
+
+def test_every_catalog_method_leaves_the_fp_model_untouched(tiny):
+    """The catalog builds quantized copies that share the fp model's tensors (no second
+    copy of a large model): none of them may write to a shared tensor."""
+    from infer_lab.quant.catalog import METHOD_NAMES, Unavailable, build
+
+    torch.manual_seed(0)
+    before = {k: v.clone() for k, v in tiny.state_dict().items()}
+    ctx = {"calib_ids": torch.randint(0, tiny.config.vocab_size, (2, 16)), "group_size": 32,
+           "options": {"grid": 2, "n_sample": 16}}
+    built = 0
+    for name in [n for n in METHOD_NAMES if n != "fp32"]:  # fp32 is the model itself
+        try:
+            q = build(tiny, name, ctx)
+        except Unavailable:
+            continue
+        built += 1
+        assert q is not tiny
+        with torch.no_grad():
+            q(torch.tensor([[1, 2, 3]]))
+        for k, v in tiny.state_dict().items():
+            assert torch.equal(v, before[k]), f"{name} changed the fp model's {k}"
+    assert built >= 12

@@ -236,3 +236,60 @@ def test_model_bad_group_size_or_bits_fails_before_any_swap(method):
     with pytest.raises(ValueError, match="bits"):
         method(model, CALIB, 8, 32)
     assert not is_quantized(model)
+
+
+def test_collect_inputs_stops_each_forward_once_every_layer_has_its_input(tiny):
+    """Early exit changes nothing recorded, and the layers after the last named one
+    (and the vocabulary projection) never run."""
+    from infer_lab.quant.calibrate import collect_inputs
+
+    ids = torch.randint(0, tiny.config.vocab_size, (3, 12))
+    names = ["layers.0.attn.wqkv", "layers.0.mlp.w2", "layers.0.mlp.w3"]
+    ran = []
+    hook = tiny.lm_head.register_forward_hook(lambda *a: ran.append("lm_head"))
+    tiny.layers[1].register_forward_hook(lambda *a: ran.append("layers.1"))
+    got = collect_inputs(tiny, ids, names, batch_size=2)
+    hook.remove()
+    assert ran == []  # two batches, each stopped inside block 0
+    want = {}
+    hooks = [tiny.get_submodule(n).register_forward_hook(
+        lambda m, a, o, n=n: want.setdefault(n, []).append(a[0].flatten(0, -2)))
+        for n in names]
+    with torch.no_grad():
+        tiny(ids[:2]), tiny(ids[2:])
+    for h in hooks:
+        h.remove()
+    for n in names:
+        assert torch.equal(got[n], torch.cat(want[n]))
+
+
+def test_one_pass_walk_gives_each_layer_the_inputs_of_the_quadratic_walk(tiny):
+    """quantize_blockwise feeds block i the hidden states that the quantized block i-1
+    output. Each layer must see the same inputs as in the quadratic walk, which reruns the
+    whole model (earlier blocks already swapped) to collect every block's inputs."""
+    import copy
+
+    from infer_lab.quant.calibrate import quantize_blockwise
+    from infer_lab.quant.int8 import Int8Linear
+    from infer_lab.surgery import block_index, linears, set_module
+
+    torch.manual_seed(3)
+    ids = torch.randint(0, tiny.config.vocab_size, (10, 16))  # two batches of 8 and 2
+    seen: dict[str, torch.Tensor] = {}
+
+    def make(name, linear, x):
+        seen[name] = x
+        return Int8Linear.from_linear(linear)
+
+    fast = quantize_blockwise(copy.deepcopy(tiny), ids, make)
+    slow = copy.deepcopy(tiny)
+    names = list(linears(slow))
+    for i in range(len(slow.layers)):
+        group = [n for n in names if block_index(n) == i]
+        xs = collect_inputs(slow, ids, group)
+        for n in group:
+            torch.testing.assert_close(seen[n], xs[n], atol=1e-6, rtol=1e-6)
+            set_module(slow, n, Int8Linear.from_linear(slow.get_submodule(n)))
+    assert set(seen) == set(names)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(ids), slow(ids), atol=1e-6, rtol=1e-6)

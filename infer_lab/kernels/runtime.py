@@ -26,6 +26,10 @@ import torch
 INSTALL = "pip install triton (or the 'kernels' extra: pip install -e '.[kernels]')"
 Backend = Literal["triton", "interpreter", "reference"]
 
+# Read once, beside the import of Triton: triton.jit chose interpreted or compiled kernels
+# from this value, so setting the variable later would not change what the kernels are.
+_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
 try:
     import triton
     import triton.language as tl
@@ -55,8 +59,9 @@ _warned = False
 
 
 def interpreting() -> bool:
-    """True when Triton's interpreter runs kernels on the CPU (``TRITON_INTERPRET=1``)."""
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+    """True when Triton's interpreter runs kernels on the CPU: ``TRITON_INTERPRET=1`` was
+    set when Triton was imported (setting it afterwards has no effect on the kernels)."""
+    return _INTERPRET
 
 
 def backend(*tensors: torch.Tensor) -> Backend:

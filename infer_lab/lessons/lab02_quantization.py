@@ -21,7 +21,7 @@ Why the real int8/int4 layers are slower than fp32 on a CPU at batch 1 is
 
 from __future__ import annotations
 
-import copy
+import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
@@ -44,6 +44,8 @@ from ..quant.catalog import (
 )
 from ..quant.primitives import quantize
 from ..scale import SCALES, QuantizationSizes, current_scale
+from ..memory import return_freed_memory
+from ..surgery import shared_copy
 from .figures import COLORS, layout
 from .widgets import Explorer, swap_figure
 
@@ -91,19 +93,19 @@ def rtn_model(fp: nn.Module, bits: int, group_size: int) -> nn.Module:
         g = fit_group(lin.in_features, group_size) if group_size else 0
         if g != group_size:
             over[n] = replace(scheme, group_size=g, overrides={})
-    return quantize_model(copy.deepcopy(fp), replace(scheme, overrides=over)).eval()
+    return quantize_model(shared_copy(fp), replace(scheme, overrides=over)).eval()
 
 
 def simulated_rtn(fp: nn.Module, bits: int, group_size: int) -> tuple[nn.Module, int, float]:
     """(copy with every eligible weight replaced by its b-bit RTN reconstruction, bytes the
     packed model would store, bits per weight). Codes pack at ``bits`` each, scales fp16."""
-    m = copy.deepcopy(fp)
+    m = shared_copy(fp)  # each rounded weight becomes a new Parameter of the copy only
     n_weights, bits_stored = 0, 0
     for lin in eligible(m).values():
         g = fit_group(lin.in_features, group_size) if group_size else 0
         qt = quantize(lin.weight, bits, "group" if g else "channel", g or None,
                       scale_dtype=torch.float16)
-        lin.weight.data = qt.dequantize()  # (out, in) fp32 again, rounded to the b-bit grid
+        lin.weight = nn.Parameter(qt.dequantize(), requires_grad=False)  # (out, in) rounded
         n_weights += lin.weight.numel()
         bits_stored += qt.q.numel() * bits + qt.scale.numel() * 16
     size = stored_bytes(fp) - 4 * n_weights + bits_stored // 8  # fp32 weights -> packed
@@ -206,25 +208,36 @@ class ParetoExplorer(Explorer):
         return perplexity(model, self.ppl_ids, seq_len=self.sizes.seq_len, progress=False).ppl
 
     def measure_schemes(self, names: Sequence[str]) -> None:
-        """Build each catalog scheme, score its perplexity, then time all decodes together."""
+        """Build each catalog scheme, score its perplexity and time its decode alongside
+        fp32's, then let it go: one quantized copy at a time, so that a real model's dozen
+        schemes never sit in memory together (SmolLM2's would take 6 GB)."""
         import logging
 
         from tqdm.auto import tqdm
 
         logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # one line per matmul
         names = [n for n in names if n not in self.points]
-        built, ids = {}, list(eligible(self.fp))
-        for name in tqdm(names, desc="build + perplexity", disable=not self.progress):
+        ids, fp_tps = list(eligible(self.fp)), []
+        for name in tqdm(names, desc="build, perplexity, decode", disable=not self.progress):
             try:
                 m = self.fp if name == "fp32" else build(self.fp, name, self.ctx)
-                built[name] = (m, stored_bytes(m), linear_bits_per_weight(m, ids), self.ppl(m))
+                size, bpw, p = stored_bytes(m), linear_bits_per_weight(m, ids), self.ppl(m)
             except (Unavailable, ValueError, RuntimeError) as e:
                 self.skipped[name] = f"{type(e).__name__}: {e}"
-        tps = decode_tokens_per_s({k: v[0] for k, v in built.items()}, self.prompt,
-                                  self.sizes.new_tokens, self.sizes.repeats,
-                                  progress=self.progress)
-        for name, (_m, size, bpw, p) in built.items():
+                continue
+            # fp32 runs again alongside each scheme: a busy moment slows both, not one.
+            tps = decode_tokens_per_s({name: m, "fp32": self.fp} if name != "fp32" else
+                                      {name: m}, self.prompt, self.sizes.new_tokens,
+                                      self.sizes.repeats, progress=False)
+            fp_tps.append(tps["fp32"])
+            self.vs_fp32[name] = tps[name] / tps["fp32"]
             self.points[name] = ParetoPoint(name, size, bpw, p, tps[name])
+            del m  # the next scheme is built from fp32 again
+            return_freed_memory()
+        if "fp32" in self.points and fp_tps:  # every fp32 run of this call, not just one
+            self.points["fp32"] = replace(self.points["fp32"],
+                                          tokens_per_s=statistics.median(fp_tps))
+            self.vs_fp32["fp32"] = 1.0
 
     def add_rtn(self, bits: int, group_size: int) -> ParetoPoint:
         """The RTN point for (bits, group_size), measured once then read from the cache."""
@@ -270,10 +283,12 @@ class ParetoExplorer(Explorer):
         fp = self.points.get("fp32")
         rows = []
         for p in self.points.values():
+            # the ratio to the fp32 run timed alongside it, where there was one
+            ratio = None if p.tokens_per_s is None or fp is None else self.vs_fp32.get(
+                p.name, p.tokens_per_s / fp.tokens_per_s)
             rows.append([p.name, p.weight_bytes / 1e6, p.bits_per_weight, p.ppl,
                          "n/a" if p.tokens_per_s is None else p.tokens_per_s,
-                         "n/a" if p.tokens_per_s is None or fp is None
-                         else f"{p.tokens_per_s / fp.tokens_per_s:.2f}x"])
+                         "n/a" if ratio is None else f"{ratio:.2f}x"])
         out = format_table(rows, ["scheme", "MB", "bits/w", "ppl", "tokens/s", "vs fp32"])
         for name, why in self.skipped.items():
             out += f"\nnot run: {name}: {why}"

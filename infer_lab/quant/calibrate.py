@@ -6,6 +6,11 @@ on real text: :func:`calibration_ids` draws that text (training split only),
 :func:`quantize_blockwise` walks the blocks in order so that block i is calibrated on
 the outputs of blocks 0..i-1 *already quantized* ("sequential" calibration, as in the
 GPTQ paper): later layers see, and compensate for, the earlier layers' errors.
+
+The walk is one pass: the inputs of block 0 are recorded once (a forward that stops
+there), then each block runs on the hidden states the previous, already quantized, block
+produced. Calibrating L blocks costs L block forwards, not L whole-model forwards (for a
+30-layer model with a 49k vocabulary, minutes less per calibrated scheme).
 """
 
 from __future__ import annotations
@@ -45,20 +50,37 @@ def calibration_ids(tokenizer, n_seq: int = 64, seq_len: int = 256,
     return torch.tensor(out, dtype=torch.long)  # (n_seq, seq_len)
 
 
+class _Collected(Exception):
+    """Raised by a hook once every named module has seen its input: the rest of the
+    forward (later blocks, the vocabulary projection) would be thrown away."""
+
+
 @torch.no_grad()
 def collect_inputs(model: nn.Module, calib_ids: torch.Tensor, names: list[str],
                    batch_size: int = 8) -> dict[str, torch.Tensor]:
     """Run the model on ``calib_ids`` (N, T) and return each named module's input.
 
     name -> (N*T, in_features) float32. Forward hooks only: the model code is untouched.
+    Each forward stops as soon as every named module has run, so
+    calibrating block i costs blocks 0..i, not the whole model and its logits (for a
+    30-layer model with a 49k vocabulary, about half the work and no (8, T, 49k) logits).
     """
     got: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+    done = 0  # batches every named module has seen
+
+    def hook(m, args, out, n):
+        got[n].append(args[0].detach().float().flatten(0, -2))
+        if all(len(xs) > done for xs in got.values()):  # whatever order they run in
+            raise _Collected
+
     hooks = [model.get_submodule(n).register_forward_hook(
-        lambda m, args, out, n=n: got[n].append(args[0].detach().float().flatten(0, -2)))
-        for n in names]
+        lambda m, args, out, n=n: hook(m, args, out, n)) for n in names]
     try:
-        for b in range(0, len(calib_ids), batch_size):
-            model(calib_ids[b:b + batch_size].to(model.device))
+        for done, b in enumerate(range(0, len(calib_ids), batch_size)):
+            try:
+                model(calib_ids[b:b + batch_size].to(model.device))
+            except _Collected:
+                pass
     finally:
         for h in hooks:
             h.remove()
@@ -85,14 +107,62 @@ def quantize_blockwise(model: nn.Module, calib_ids: torch.Tensor,
                                        or cols % group_size):
             raise ValueError(f"{n}: group_size {group_size!r} must be a positive divisor "
                              f"of in_features {cols}")
-    n_blocks = len(model.layers) if hasattr(model, "layers") else 0
-    groups = [[n for n in names if block_index(n) == i] for i in range(n_blocks)]
+    blocks = list(model.layers) if hasattr(model, "layers") else []
+    groups = [[n for n in names if block_index(n) == i] for i in range(len(blocks))]
     rest = [n for n in names if not any(n in g for g in groups)]
-    for group in [*groups, rest]:
-        if not group:
-            continue
-        xs = collect_inputs(model, calib_ids, group)
-        new = {n: make(n, model.get_submodule(n), xs.pop(n)) for n in group}
-        for n, m in new.items():
-            set_module(model, n, m)
+    if blocks:
+        _walk_blocks(model, blocks, groups, calib_ids, make)
+    if rest:  # layers outside the blocks: calibrated with whole forwards
+        xs = collect_inputs(model, calib_ids, rest)
+        for n in rest:
+            set_module(model, n, make(n, model.get_submodule(n), xs.pop(n)))
     return model
+
+
+@torch.no_grad()
+def block_inputs(model: nn.Module, calib_ids: torch.Tensor, batch_size: int = 8
+                 ) -> list[tuple[tuple, dict]]:
+    """The arguments block 0 receives for each batch of ``calib_ids``: (hidden states
+    (b, T, C), rope, cache, step, ...) as the model passes them, from forwards that stop
+    there."""
+    calls: list[tuple[tuple, dict]] = []
+
+    def grab(module, args, kwargs):
+        calls.append((args, kwargs))
+        raise _Collected
+
+    hook = model.layers[0].register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        for b in range(0, len(calib_ids), batch_size):
+            try:
+                model(calib_ids[b:b + batch_size].to(model.device))
+            except _Collected:
+                pass
+    finally:
+        hook.remove()
+    return calls
+
+
+@torch.no_grad()
+def _walk_blocks(model: nn.Module, blocks: list[nn.Module], groups: list[list[str]],
+                 calib_ids: torch.Tensor, make) -> None:
+    """Block by block: record the block's linears' inputs, swap them, then run the
+    quantized block to get the next block's hidden states."""
+    calls = block_inputs(model, calib_ids)
+    for block, group in zip(blocks, groups):
+        if group:
+            got: dict[str, list[torch.Tensor]] = {n: [] for n in group}
+            hooks = [model.get_submodule(n).register_forward_hook(
+                lambda m, args, out, n=n: got[n].append(args[0].detach().float().flatten(0, -2)))
+                for n in group]
+            try:
+                for args, kwargs in calls:
+                    block(*args, **kwargs)
+            finally:
+                for h in hooks:
+                    h.remove()
+            new = {n: make(n, model.get_submodule(n), torch.cat(got.pop(n))) for n in group}
+            for n, m in new.items():
+                set_module(model, n, m)
+        # the next block sees what this (now quantized) block outputs
+        calls = [((block(*args, **kwargs), *args[1:]), kwargs) for args, kwargs in calls]

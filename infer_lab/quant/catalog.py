@@ -14,7 +14,6 @@ GPTQ and AWQ need calibration token ids in ``ctx["calib_ids"]``.
 
 from __future__ import annotations
 
-import copy
 import inspect
 import warnings
 from collections.abc import Callable
@@ -24,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..surgery import linears, set_module
+from ..surgery import linears, set_module, shared_copy
 from .apply import SCHEMES, quantize_model
 from .awq import awq_quantize_model
 from .gptq import gptq_quantize_model
@@ -42,8 +41,9 @@ def eligible(model: nn.Module) -> dict[str, nn.Linear]:
 
 
 def swap(model: nn.Module, make: Callable[[str, nn.Linear], nn.Module]) -> nn.Module:
-    """A copy of ``model`` with each eligible linear replaced by ``make(name, linear)``."""
-    model = copy.deepcopy(model)
+    """A copy of ``model`` with each eligible linear replaced by ``make(name, linear)``
+    (the other weights shared, not copied: ``make`` only reads the linear)."""
+    model = shared_copy(model)
     for name, linear in eligible(model).items():
         set_module(model, name, make(name, linear))
     return model
@@ -61,7 +61,7 @@ def rtn(name: str):
                 g //= 2
             if g != gs:
                 over[n] = replace(scheme, group_size=g, overrides={})
-        return quantize_model(copy.deepcopy(m), replace(scheme, overrides=over))
+        return quantize_model(shared_copy(m), replace(scheme, overrides=over))
     return build
 
 
@@ -108,7 +108,8 @@ def dynamic_int8(m: nn.Module, ctx) -> nn.Module:
     spec = dict.fromkeys(eligible(m), per_channel_dynamic_qconfig)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return quantize_dynamic(copy.deepcopy(m), spec, dtype=torch.qint8)
+        # in place on a shared copy: quantize_dynamic's own copy would be a second one
+        return quantize_dynamic(shared_copy(m), spec, dtype=torch.qint8, inplace=True)
 
 
 def _bnb():
@@ -170,7 +171,8 @@ def calibrated(fn: Callable[..., nn.Module]):
         # Pass only the options this quantizer takes (AWQ's grid size and sample).
         params = inspect.signature(fn).parameters
         extra = {k: v for k, v in ctx.get("options", {}).items() if k in params}
-        return fn(copy.deepcopy(m), ctx["calib_ids"], bits=4,
+        # GPTQ and AWQ read each weight and swap in new layers: a shared copy is enough
+        return fn(shared_copy(m), ctx["calib_ids"], bits=4,
                   group_size=ctx.get("group_size", 64), **extra)
     return build
 
