@@ -114,3 +114,22 @@ def test_helpers():
     assert matching_prefix([1, 2], [1, 2]) == 2
     table = format_table([["x", 1.5, 12345.0]], ["run", "a", "b"])
     assert "1.50" in table and "12,345" in table and table.splitlines()[0].startswith("run")
+
+
+def test_kernels_quick_on_cpu_times_references_and_never_reports_a_triton_speed(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("on CUDA the Triton rows are timed")
+    data = main(["kernels", "--quick", "--kernels", "softmax", "quant_gemv",
+                 "--json", str(tmp_path / "k.json")])
+    rows = data["rows"]
+    assert {r["module"] for r in rows} == {"softmax", "quant_gemv"}
+    assert {r["kernel"] for r in rows} >= {"softmax", "int4_gemv"}
+    for r in rows:
+        if r["impl"] == "triton":
+            assert r["ms"] is None and "unmeasured" in r["note"]
+        else:
+            assert r["ms"] > 0
+    assert data["ratios"] == {}  # nothing to compare without a measured kernel
+    assert json.loads((tmp_path / "k.json").read_text())["ratios"] == {}

@@ -130,3 +130,22 @@ def test_readme_names_the_commands_and_links_every_lab():
     assert "make lab" in readme and "make test" in readme
     for nb in sorted((ROOT / "labs").glob("*.ipynb")):
         assert f"(labs/{nb.name})" in readme, f"README does not link labs/{nb.name}"
+
+
+def test_make_gpu_check_refuses_without_a_gpu_and_names_its_steps():
+    """`make gpu-check` is the prepared GPU run (issue 15): it must say why it stops on a
+    machine without CUDA, and run the compiled kernel tests, the labs and both benches."""
+    import subprocess
+
+    import torch
+
+    text = (ROOT / "Makefile").read_text()
+    recipe = text[text.index("\ngpu-check:"):].split("\n\n", 1)[0]
+    for step in ("TRITON_INTERPRET=0", "tests/test_kernels_basic.py", "labs",
+                 "infer_lab.bench kernels", "infer_lab.bench decode", "GPU_CHECK_DIR"):
+        assert step in recipe, step
+    if torch.cuda.is_available():
+        return
+    out = subprocess.run(["make", "-s", "gpu-check", "GPU_CHECK_DIR=/nonexistent/never"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode != 0 and "needs a CUDA GPU" in out.stderr + out.stdout

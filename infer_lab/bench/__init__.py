@@ -41,6 +41,7 @@ COMMANDS: dict[str, str] = {
     "serving": "infer_lab.bench.serving",
     "labs-memory": "infer_lab.bench.labs_memory",
     "telemetry": "infer_lab.bench.telemetry",
+    "kernels": "infer_lab.bench.kernels",
 }
 
 
