@@ -33,8 +33,8 @@ from typing import Any
 import torch
 
 from .config import ModelConfig
-from .model import Transformer
 from .memory import return_freed_memory
+from .model import Transformer
 from .quant.gguf_blocks import dequantize
 from .quant.gguf_linear import BlockRows, GGUFEmbedding, GGUFLinear
 from .tokenizer import Tokenizer

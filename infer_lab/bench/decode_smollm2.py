@@ -18,9 +18,10 @@ weight) plus its KV cache, against the machine's measured copy bandwidth.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -126,6 +127,8 @@ def bench_smollm2(n: int, repeats: int, warmup: int, hw: HardwareSpec,
                   progress=None) -> dict[str, Any] | None:
     """tokens/s, bytes/s and the fraction of the roofline of every contender; None when
     the model is not installed."""
+    from .decode import matching_prefix  # decode imports this module
+
     path = gguf_path()
     if path is None:
         return None
@@ -150,8 +153,8 @@ def bench_smollm2(n: int, repeats: int, warmup: int, hw: HardwareSpec,
                       "bytes_per_weight": bpp[name],
                       "achieved_gbs": r.achieved_bandwidth_gbs(tps),
                       "bandwidth_fraction": r.achieved_bandwidth_gbs(tps) / hw.mem_bandwidth_gbs,
-                      "greedy_tokens_agree_with_ours_fp32": _agree(outputs[name],
-                                                                   outputs["ours fp32"])}
+                      "greedy_tokens_agree_with_ours_fp32": matching_prefix(
+                          outputs[name], outputs["ours fp32"])}
     best_ours = max((r for k, r in rows.items() if k.startswith("ours")),
                     key=lambda r: r["tokens_per_s"])
     ratios = {"ours_vs_hf_smollm2": rows["ours fp32"]["tokens_per_s"]
@@ -164,12 +167,6 @@ def bench_smollm2(n: int, repeats: int, warmup: int, hw: HardwareSpec,
             "rows": rows, "ratios": ratios, "timings": times}
 
 
-def _agree(a: list[int], b: list[int]) -> int:
-    from .decode import matching_prefix
-
-    return matching_prefix(a, b)
-
-
 def report(r: dict[str, Any]) -> list[str]:
     """Lines of the SmolLM2 table."""
     from . import format_table
@@ -178,8 +175,8 @@ def report(r: dict[str, Any]) -> list[str]:
              f"{x['achieved_gbs']:.2f} GB/s ({x['bandwidth_fraction']:.0%})",
              f"{x['greedy_tokens_agree_with_ours_fp32']}/{r['new_tokens']}"]
             for name, x in r["rows"].items()]
-    lines = [f"{NAME} ({Path(r['file']).name}), {r['prompt_tokens']}-token chat prompt, "
-             f"{r['new_tokens']} new tokens:",
+    lines = [(f"{NAME} ({Path(r['file']).name}), {r['prompt_tokens']}-token chat prompt, "
+              f"{r['new_tokens']} new tokens:"),
              format_table(rows, ["run", "tokens/s", "ms/token", "bytes/weight",
                                  "bytes read/s (of bandwidth)", "tokens = ours fp32"])]
     lines += [f"{k}: {v:.2f}" for k, v in r["ratios"].items()]

@@ -31,6 +31,12 @@ def tolerance(dtype: torch.dtype) -> tuple[float, float]:
     return TOLERANCES[dtype]
 
 
+def device_or_default(device: torch.device | str | None) -> torch.device:
+    """``device``, or the CUDA device when there is one, else the CPU."""
+    return torch.device(device if device is not None else
+                        ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
 def generator(seed: int, *salt: Any) -> torch.Generator:
     """A CPU generator seeded from ``seed`` and anything else (a case name, a hidden
     seed), so each case gets its own repeatable stream."""
@@ -47,6 +53,12 @@ class Case:
     kwargs: dict = field(default_factory=dict)
     atol: float = 1e-4
     rtol: float = 1e-4
+
+    def to(self, device: torch.device | str) -> Case:
+        """The case with its tensor arguments on ``device`` (cases are built on the CPU,
+        from seeds, so that a seed gives the same inputs on every device)."""
+        args = tuple(a.to(device) if isinstance(a, torch.Tensor) else a for a in self.args)
+        return Case(self.name, args, self.kwargs, self.atol, self.rtol)
 
 
 @dataclass

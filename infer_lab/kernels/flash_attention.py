@@ -30,14 +30,13 @@ from __future__ import annotations
 
 import math
 import statistics
-from dataclasses import replace
 from functools import partial
 
 import torch
 
 from ..kv_cache import attention_mask, sdpa
 from ..metrics import time_call
-from .check import Case, Report, compare, generator, tolerance
+from .check import Case, Report, compare, device_or_default, generator, tolerance
 from .runtime import backend, jit, tl, triton
 
 BLOCK_M, BLOCK_N = 16, 16  # queries per program, keys per tile (tl.dot's smallest tile)
@@ -228,12 +227,6 @@ def _case(name: str, seed: int, B: int, H: int, H_kv: int, T: int, S: int, D: in
     return Case(name, (q, k, v, q_pos, k_pos), atol=atol, rtol=rtol)
 
 
-def _to(case: Case, device: torch.device | str) -> Case:
-    """The case with its tensors on ``device`` (cases are built on the CPU, from seeds)."""
-    args = tuple(a.to(device) if isinstance(a, torch.Tensor) else a for a in case.args)
-    return replace(case, args=args)
-
-
 def cases(seed: int = 0, device: torch.device | str | None = None) -> list[Case]:
     """Fixed shapes (tails, GQA 1/2/4, one query, padding both sides), then random ones."""
     f32, f16 = torch.float32, torch.float16
@@ -258,8 +251,8 @@ def cases(seed: int = 0, device: torch.device | str | None = None) -> list[Case]
         layout = ("left", "right", "chunk")[i]
         out.append(_case(f"random-{i}-{layout}", seed, 2, H, H_kv, T, S, (16, 32)[i % 2],
                          (f32, f16)[i % 2], layout))
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return [_to(c, device) for c in out]
+    device = device_or_default(device)
+    return [c.to(device) for c in out]
 
 
 def validate(fn=None, seed: int = 0, device: torch.device | str | None = None) -> Report:
@@ -282,7 +275,7 @@ def benchmark(shapes: list[tuple[int, int, int, int, int]] | None = None,
 
     On a CPU only the reference is timed: the interpreter is not a speed.
     """
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = device_or_default(device)
     dtype = dtype or (torch.float16 if device.type == "cuda" else torch.float32)
     rows = []
     for B, H, H_kv, T, D in shapes or [(1, 8, 8, 512, 64), (1, 8, 2, 1024, 64)]:

@@ -23,7 +23,7 @@ from functools import cache, partial
 import torch
 
 from ..metrics import time_call
-from .check import Case, Report, compare, generator, tolerance
+from .check import Case, Report, compare, device_or_default, generator, tolerance
 from .runtime import backend, interpreting, jit, tl, triton
 from .vector_add import poisoned
 
@@ -132,17 +132,12 @@ def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return matmul_triton(a, b)
 
 
-def _device(device: torch.device | str | None) -> torch.device:
-    return torch.device(device if device is not None else
-                        ("cuda" if torch.cuda.is_available() else "cpu"))
-
-
 def cases(seed: int = 0, device: torch.device | str | None = None) -> list[Case]:
     """Exact tiles, tails of 1 to 3 past a tile on every edge (K included), one row, a
     transposed B, K = 0 (C is zeros), no rows, random shapes up to 70; fp32 and fp16 (bf16 on
     a GPU). Inputs are followed by NaN (:func:`~infer_lab.kernels.vector_add.poisoned`), so a
     load that forgets its mask shows up as NaN in C."""
-    device = _device(device)
+    device = device_or_default(device)
     dtypes = [torch.float32, torch.float16] + ([torch.bfloat16] if device.type == "cuda" else [])
     # (M, K, N): tiny, every (program, K step) runs in numpy under the interpreter
     shapes = [(1, 1, 1), (16, 16, 16), (32, 32, 32), (33, 17, 35), (34, 50, 66), (35, 35, 33),
@@ -181,7 +176,7 @@ def benchmark(sizes: tuple[tuple[int, int, int], ...] | None = None, repeats: in
 
     On a CPU only the reference is timed: the interpreter is a correctness tool.
     """
-    device = _device(device)
+    device = device_or_default(device)
     dtype = dtype or (torch.float16 if device.type == "cuda" else torch.float32)
     sizes = sizes or (((1024, 1024, 1024), (4096, 4096, 4096), (8192, 8192, 8192))
                       if device.type == "cuda" else ((256, 256, 256), (1024, 1024, 1024)))

@@ -30,14 +30,13 @@ from __future__ import annotations
 
 import math
 import statistics
-from dataclasses import replace
 from functools import partial
 
 import torch
 
 from ..metrics import time_call
 from ..serving.paged_attention import paged_attention as gather_paged_attention
-from .check import Case, Report, compare, generator, tolerance
+from .check import Case, Report, compare, device_or_default, generator, tolerance
 from .runtime import backend, jit, tl, triton
 
 # A row's blocks go to at least MIN_SPLITS programs (a few long rows still fill the GPU's
@@ -212,12 +211,6 @@ def _case(name: str, seed: int, lens: list[int], H: int, H_kv: int, bs: int, D: 
     return Case(name, (q, k_pool, v_pool, tables.to(torch.int32), lens_t), atol=atol, rtol=rtol)
 
 
-def _to(case: Case, device: torch.device | str) -> Case:
-    """The case with its tensors on ``device`` (cases are built on the CPU, from seeds)."""
-    args = tuple(a.to(device) if isinstance(a, torch.Tensor) else a for a in case.args)
-    return replace(case, args=args)
-
-
 def cases(seed: int = 0, device: torch.device | str | None = None) -> list[Case]:
     """Fixed rows (one token, exact blocks, partial last blocks, GQA 1/2/4, odd block size
     and head_dim), then random ones."""
@@ -237,8 +230,8 @@ def cases(seed: int = 0, device: torch.device | str | None = None) -> list[Case]
         H_kv = int(torch.randint(1, 3, (1,), generator=g))
         out.append(_case(f"random-{i}", seed, lens, H_kv * (1, 2, 4)[i], H_kv, bs,
                          (16, 32, 16)[i], (f32, f16, f32)[i]))
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return [_to(c, device) for c in out]
+    device = device_or_default(device)
+    return [c.to(device) for c in out]
 
 
 def validate(fn=None, seed: int = 0, device: torch.device | str | None = None) -> Report:
@@ -258,7 +251,7 @@ def benchmark(shapes: list[tuple[int, int, int, int, int]] | None = None,
 
     On a CPU only the reference is timed: the interpreter is not a speed.
     """
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = device_or_default(device)
     dtype = dtype or (torch.float16 if device.type == "cuda" else torch.float32)
     rows = []
     for B, H, H_kv, ctx, D in shapes or [(8, 8, 2, 1024, 64), (1, 8, 8, 4096, 64)]:

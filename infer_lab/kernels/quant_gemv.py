@@ -24,7 +24,6 @@ Interpreter: fine for the integer shifts and masks here; no bfloat16.
 from __future__ import annotations
 
 import statistics
-from dataclasses import replace
 from functools import partial
 
 import torch
@@ -33,7 +32,7 @@ import torch.nn.functional as F
 from ..metrics import time_call
 from ..quant.int4 import SYMMETRIC_OFFSET
 from ..quant.primitives import dequantize_codes, unpack_int4
-from .check import Case, Report, compare, generator, tolerance
+from .check import Case, Report, compare, device_or_default, generator, tolerance
 from .runtime import backend, jit, tl, triton
 
 BLOCK_N, BLOCK_K, MAX_BLOCK_M = 16, 32, 16
@@ -274,12 +273,6 @@ def _layer(bits: int, seed: int, name: str, M: int, K: int, N: int, dtype: torch
                 atol=atol, rtol=rtol)
 
 
-def _to(case: Case, device: torch.device | str) -> Case:
-    """The case with its tensors on ``device`` (cases are built on the CPU, from seeds)."""
-    args = tuple(a.to(device) if isinstance(a, torch.Tensor) else a for a in case.args)
-    return replace(case, args=args)
-
-
 def cases(bits: int, seed: int = 0, device: torch.device | str | None = None) -> list[Case]:
     """GEMV (M = 1) and small GEMMs, K and N with tails, symmetric and asymmetric codes."""
     f32, f16 = torch.float32, torch.float16
@@ -303,8 +296,8 @@ def cases(bits: int, seed: int = 0, device: torch.device | str | None = None) ->
         N = int(torch.randint(1, 48, (1,), generator=g))
         out.append(_layer(bits, seed, f"random-{i}", M, K, N, (f32, f16)[i % 2],
                           bool(i % 2), group))
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return [_to(c, device) for c in out]
+    device = device_or_default(device)
+    return [c.to(device) for c in out]
 
 
 def validate(fn=None, seed: int = 0, bits: int = 4,
@@ -328,14 +321,14 @@ def benchmark(shapes: list[tuple[int, int, int]] | None = None, bits: int = 4,
     On a CPU only the reference (dequantize, then F.linear) is timed: the interpreter is
     not a speed.
     """
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = device_or_default(device)
     dtype = dtype or (torch.float16 if device.type == "cuda" else torch.float32)
     ref, launch = {8: (int8_gemv_reference, int8_gemv_triton),
                    4: (int4_gemv_reference, int4_gemv_triton)}[bits]
     rows = []
     for M, K, N in shapes or [(1, 4096, 4096), (16, 4096, 4096)]:
-        case = _to(_layer(bits, 0, "bench", M, K, N, dtype, group=64 if bits == 4 else None),
-                   device)
+        case = _layer(bits, 0, "bench", M, K, N, dtype,
+                      group=64 if bits == 4 else None).to(device)
         row = {"kernel": f"int{bits}_gemv", "shape": (M, K, N), "dtype": str(dtype)}
         moved = sum(a.numel() * a.element_size() for a in case.args[1:4] if a is not None)
         impls = {"reference": partial(ref, *case.args)}

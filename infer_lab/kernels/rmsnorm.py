@@ -21,7 +21,7 @@ from functools import partial
 import torch
 
 from ..metrics import time_call
-from .check import Case, Report, compare, generator, tolerance
+from .check import Case, Report, compare, device_or_default, generator, tolerance
 from .runtime import backend, interpreting, jit, tl, triton
 
 MAX_COLS = 65536  # one row per program, held in registers
@@ -138,16 +138,11 @@ def fused_traffic(n_rows: int, n_cols: int, dtype: torch.dtype = torch.float32) 
     return (2 * n_rows * n_cols + n_cols) * s
 
 
-def _device(device: torch.device | str | None) -> torch.device:
-    return torch.device(device if device is not None else
-                        ("cuda" if torch.cuda.is_available() else "cpu"))
-
-
 def cases(seed: int = 0, device: torch.device | str | None = None) -> list[Case]:
     """Rows of 1 column up to a few hundred (tails of 1 to 3 past a power of two, where a
     mean over BLOCK instead of n_cols shows), one row, no rows, a 3-D input, a strided view,
     large and tiny magnitudes, another eps; random shapes; fp32 and fp16 (bf16 on a GPU)."""
-    device = _device(device)
+    device = device_or_default(device)
     dtypes = [torch.float32, torch.float16] + ([torch.bfloat16] if device.type == "cuda" else [])
     # (name, shape, scale, eps): tiny shapes, every program runs in numpy under the interpreter
     specs = [("1x1", (1, 1), 1.0, 1e-5), ("1x257", (1, 257), 1.0, 1e-5),
@@ -191,7 +186,7 @@ def benchmark(sizes: tuple[tuple[int, int], ...] | None = None, repeats: int = 1
 
     On a CPU only the reference is timed: the interpreter is a correctness tool.
     """
-    device = _device(device)
+    device = device_or_default(device)
     dtype = dtype or (torch.float16 if device.type == "cuda" else torch.float32)
     sizes = sizes or (((4096, 1024), (4096, 4096), (16384, 8192)) if device.type == "cuda"
                       else ((1024, 1024), (1024, 4096)))

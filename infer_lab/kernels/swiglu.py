@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ..metrics import time_call
-from .check import Case, Report, compare, generator, tolerance
+from .check import Case, Report, compare, device_or_default, generator, tolerance
 from .runtime import backend, interpreting, jit, tl, triton
 
 BLOCK = 1024  # elements per program: cases put tails of 1 to 3 past multiples of it
@@ -97,16 +97,11 @@ def fused_traffic(n: int, dtype: torch.dtype = torch.float32) -> int:
     return 3 * n * torch.empty(0, dtype=dtype).element_size()
 
 
-def _device(device: torch.device | str | None) -> torch.device:
-    return torch.device(device if device is not None else
-                        ("cuda" if torch.cuda.is_available() else "cpu"))
-
-
 def cases(seed: int = 0, device: torch.device | str | None = None) -> list[Case]:
     """Sizes on both sides of block edges (tails of 1 to 3), below one block, one element,
     empty, 2-D and 3-D shapes, gates far into both tails of the sigmoid; random sizes; fp32
     and fp16 (bf16 on a GPU)."""
-    device = _device(device)
+    device = device_or_default(device)
     dtypes = [torch.float32, torch.float16] + ([torch.bfloat16] if device.type == "cuda" else [])
     specs: list[tuple[str, tuple[int, ...], float]] = [
         ("1", (1,), 1.0), ("1000", (1000,), 2.0), (f"{BLOCK}", (BLOCK,), 2.0),
@@ -142,7 +137,7 @@ def benchmark(sizes: tuple[tuple[int, int], ...] | None = None, repeats: int = 1
 
     On a CPU only the reference is timed: the interpreter is a correctness tool.
     """
-    device = _device(device)
+    device = device_or_default(device)
     dtype = dtype or (torch.float16 if device.type == "cuda" else torch.float32)
     sizes = sizes or (((512, 2816), (4096, 11008), (8192, 14336)) if device.type == "cuda"
                       else ((64, 1536), (512, 2816)))

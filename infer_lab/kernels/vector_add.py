@@ -23,7 +23,7 @@ from functools import partial
 import torch
 
 from ..metrics import time_call
-from .check import Case, Report, compare, generator, tolerance
+from .check import Case, Report, compare, device_or_default, generator, tolerance
 from .runtime import backend, interpreting, jit, tl, triton
 
 BLOCK = 1024  # elements per program: cases put tails of 1 to 3 elements past multiples of it
@@ -110,16 +110,11 @@ def poisoned(t: torch.Tensor, pad: int) -> torch.Tensor:
     return buf[:t.numel()].view(t.shape)
 
 
-def _device(device: torch.device | str | None) -> torch.device:
-    return torch.device(device if device is not None else
-                        ("cuda" if torch.cuda.is_available() else "cpu"))
-
-
 def cases(seed: int = 0, device: torch.device | str | None = None) -> list[Case]:
     """Sizes on both sides of block edges (tails of 1 to 3), below one block, one element,
     empty, a 2-D shape, and random sizes; fp32 and fp16 (bf16 on a GPU). Each input is
     followed by a block of NaN (:func:`poisoned`), so an unmasked load reads memory we own."""
-    device = _device(device)
+    device = device_or_default(device)
     dtypes = [torch.float32, torch.float16] + ([torch.bfloat16] if device.type == "cuda" else [])
     shapes: list[tuple[int, ...]] = [(1,), (1000,), (BLOCK,), (BLOCK + 1,), (2 * BLOCK + 2,),
                                      (3 * BLOCK + 3,), (0,), (3, 341)]
@@ -151,7 +146,7 @@ def benchmark(sizes: tuple[int, ...] | None = None, repeats: int = 10,
     On a CPU only the reference is timed: the interpreter runs each program in numpy,
     a correctness tool whose speed says nothing about the kernel.
     """
-    device = _device(device)
+    device = device_or_default(device)
     dtype = dtype or (torch.float16 if device.type == "cuda" else torch.float32)
     sizes = sizes or ((1 << 20, 1 << 24, 1 << 26) if device.type == "cuda"
                       else (1 << 16, 1 << 20, 1 << 22))

@@ -35,6 +35,7 @@ def lab_model(name: str, **load_options: Any) -> tuple[Any, Any, str]:
     install it, so that a lab runs everywhere; any other unknown name is an error.
     """
     import infer_lab
+
     from ..gguf import PACKAGED
 
     if name in PACKAGED and not real_model_installed(name):

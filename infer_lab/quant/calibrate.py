@@ -16,7 +16,8 @@ produced. Calibrating L blocks costs L block forwards, not L whole-model forward
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -55,35 +56,49 @@ class _Collected(Exception):
     forward (later blocks, the vocabulary projection) would be thrown away."""
 
 
+@contextmanager
+def _recording(model: nn.Module, names: list[str], after=None
+               ) -> Iterator[dict[str, list[torch.Tensor]]]:
+    """Forward hooks that append each named module's input, (tokens, in) float32, to a
+    list per name; ``after(got)`` runs after every append."""
+    got: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+
+    def record(name: str, x: torch.Tensor) -> None:
+        got[name].append(x.detach().float().flatten(0, -2))
+        if after is not None:
+            after(got)
+
+    hooks = [model.get_submodule(n).register_forward_hook(
+        lambda m, args, out, n=n: record(n, args[0])) for n in names]
+    try:
+        yield got
+    finally:
+        for h in hooks:
+            h.remove()
+
+
 @torch.no_grad()
 def collect_inputs(model: nn.Module, calib_ids: torch.Tensor, names: list[str],
                    batch_size: int = 8) -> dict[str, torch.Tensor]:
     """Run the model on ``calib_ids`` (N, T) and return each named module's input.
 
     name -> (N*T, in_features) float32. Forward hooks only: the model code is untouched.
-    Each forward stops as soon as every named module has run, so
-    calibrating block i costs blocks 0..i, not the whole model and its logits (for a
-    30-layer model with a 49k vocabulary, about half the work and no (8, T, 49k) logits).
+    Each forward stops as soon as every named module has run, so calibrating block i
+    costs blocks 0..i, not the whole model and its logits (for a 30-layer model with a
+    49k vocabulary, about half the work and no (8, T, 49k) logits).
     """
-    got: dict[str, list[torch.Tensor]] = {n: [] for n in names}
     done = 0  # batches every named module has seen
 
-    def hook(m, args, out, n):
-        got[n].append(args[0].detach().float().flatten(0, -2))
+    def stop_once_all_seen(got: dict[str, list[torch.Tensor]]) -> None:
         if all(len(xs) > done for xs in got.values()):  # whatever order they run in
             raise _Collected
 
-    hooks = [model.get_submodule(n).register_forward_hook(
-        lambda m, args, out, n=n: hook(m, args, out, n)) for n in names]
-    try:
+    with _recording(model, names, stop_once_all_seen) as got:
         for done, b in enumerate(range(0, len(calib_ids), batch_size)):
             try:
                 model(calib_ids[b:b + batch_size].to(model.device))
             except _Collected:
                 pass
-    finally:
-        for h in hooks:
-            h.remove()
     return {n: torch.cat(xs) for n, xs in got.items()}  # (N*T, in)
 
 
@@ -151,17 +166,10 @@ def _walk_blocks(model: nn.Module, blocks: list[nn.Module], groups: list[list[st
     calls = block_inputs(model, calib_ids)
     for block, group in zip(blocks, groups):
         if group:
-            got: dict[str, list[torch.Tensor]] = {n: [] for n in group}
-            hooks = [model.get_submodule(n).register_forward_hook(
-                lambda m, args, out, n=n: got[n].append(args[0].detach().float().flatten(0, -2)))
-                for n in group]
-            try:
+            with _recording(model, group) as got:
                 for args, kwargs in calls:
                     block(*args, **kwargs)
-            finally:
-                for h in hooks:
-                    h.remove()
-            new = {n: make(n, model.get_submodule(n), torch.cat(got.pop(n))) for n in group}
+            new = {n: make(n, model.get_submodule(n), torch.cat(got[n])) for n in group}
             for n, m in new.items():
                 set_module(model, n, m)
         # the next block sees what this (now quantized) block outputs
