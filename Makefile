@@ -88,7 +88,7 @@ GPU_CHECK_DIR ?= gpu-check
 gpu-check: $(STAMP)  ## on a CUDA GPU: kernel tests, labs at ci, bench kernels/decode into gpu-check/
 	@$(VENV_PY) -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else "make gpu-check needs a CUDA GPU: torch.cuda.is_available() is False")'
 	mkdir -p $(GPU_CHECK_DIR)
-	bash -o pipefail -c 'TRITON_INTERPRET=0 $(VENV_PY) -m pytest -q -p no:cacheprovider -r fEs tests/test_kernels_basic.py tests/test_kernels_attention.py tests/test_kernels_quant.py tests/test_kernels_plug.py 2>&1 | tee $(GPU_CHECK_DIR)/kernel-tests.txt'
+	bash -o pipefail -c 'TRITON_INTERPRET=0 $(VENV_PY) -m pytest -q -p no:cacheprovider -r fEs tests/test_kernels_basic.py tests/test_kernels_attention.py tests/test_kernels_quant.py tests/test_kernels_plug.py tests/test_kernels_real_shapes.py 2>&1 | tee $(GPU_CHECK_DIR)/kernel-tests.txt'
 	bash -o pipefail -c 'INFER_LAB_SCALE=ci TRITON_INTERPRET=0 $(VENV_PY) -m pytest -q -p no:cacheprovider -r fEs --nbval-lax --nbval-current-env --nbval-cell-timeout=600 labs 2>&1 | tee $(GPU_CHECK_DIR)/labs.txt'
 	bash -o pipefail -c '$(VENV_PY) -m infer_lab.bench kernels --json $(GPU_CHECK_DIR)/kernels.json 2>&1 | tee $(GPU_CHECK_DIR)/kernels.txt'
 	bash -o pipefail -c '$(VENV_PY) -m infer_lab.bench decode --json $(GPU_CHECK_DIR)/decode.json 2>&1 | tee $(GPU_CHECK_DIR)/decode.txt'

@@ -125,11 +125,13 @@ def test_kernels_quick_on_cpu_times_references_and_never_reports_a_triton_speed(
                  "--json", str(tmp_path / "k.json")])
     rows = data["rows"]
     assert {r["module"] for r in rows} == {"softmax", "quant_gemv"}
-    assert {r["kernel"] for r in rows} >= {"softmax", "int4_gemv"}
+    assert {r["kernel"] for r in rows} >= {"softmax", "int8_gemv", "int4_gemv"}
     for r in rows:
         if r["impl"] == "triton":
-            assert r["ms"] is None and "unmeasured" in r["note"]
+            assert r["ms"] is None and "unmeasured" in r["note"] and "of peak" not in r
         else:
-            assert r["ms"] > 0
+            assert r["ms"] > 0 and 0 < r["of peak"] == r["GB/s"] / data["peak"]["GB/s"]
+    # the dense layer the int4 codes replace is timed beside them
+    assert any(r["impl"] == "dense" and r["kernel"] == "int4_gemv" for r in rows)
     assert data["ratios"] == {}  # nothing to compare without a measured kernel
     assert json.loads((tmp_path / "k.json").read_text())["ratios"] == {}

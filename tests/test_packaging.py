@@ -141,7 +141,8 @@ def test_make_gpu_check_refuses_without_a_gpu_and_names_its_steps():
 
     text = (ROOT / "Makefile").read_text()
     recipe = text[text.index("\ngpu-check:"):].split("\n\n", 1)[0]
-    for step in ("TRITON_INTERPRET=0", "tests/test_kernels_basic.py", "labs",
+    for step in ("TRITON_INTERPRET=0", "tests/test_kernels_basic.py",
+                 "tests/test_kernels_real_shapes.py", "labs",
                  "infer_lab.bench kernels", "infer_lab.bench decode", "GPU_CHECK_DIR"):
         assert step in recipe, step
     if torch.cuda.is_available():

@@ -29,14 +29,13 @@ Interpreter limits: every program runs in numpy one after another (keep T, S tin
 from __future__ import annotations
 
 import math
-import statistics
 from functools import partial
 
 import torch
 
 from ..kv_cache import attention_mask, sdpa
-from ..metrics import time_call
 from .check import Case, Report, compare, device_or_default, generator, tolerance
+from .measure import timed_rows
 from .runtime import backend, jit, tl, triton
 
 BLOCK_M, BLOCK_N = 16, 16  # queries per program, keys per tile (tl.dot's smallest tile)
@@ -128,6 +127,13 @@ def _flash_attention_kernel(Q, K, V, O, QPOS, KPOS, T, S, n_head, group, scale,
              o.to(O.dtype.element_ty), mask=row_ok[:, None])
 
 
+def head_dim_error(D: int) -> str | None:
+    """Why the kernel cannot take heads of size D (tl.dot tiles), or None."""
+    if D < 16 or D > 256 or D & (D - 1):
+        return f"the flash kernel needs head_dim a power of two from 16 to 256, got {D}"
+    return None
+
+
 def _default_positions(q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Positions that reproduce ``sdpa(mask=None)``: causal from the top left for T > 1
     (SDPA's is_causal), every key for a single query."""
@@ -152,9 +158,8 @@ def flash_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                          "or head_dim")
     if H_kv == 0 or H % H_kv:
         raise ValueError(f"n_head {H} must be a multiple of n_kv_head {H_kv}")
-    if D < 16 or D > 256 or D & (D - 1):
-        raise ValueError(f"head_dim must be a power of two from 16 to 256 (tl.dot tiles), "
-                         f"got {D}")
+    if head_dim_error(D):
+        raise ValueError(head_dim_error(D))
     if not (q.dtype == k.dtype == v.dtype) or q.dtype not in (torch.float32, torch.float16,
                                                                torch.bfloat16):
         raise ValueError(f"q, k, v must share one float dtype; got {q.dtype}, {k.dtype}, "
@@ -284,14 +289,8 @@ def benchmark(shapes: list[tuple[int, int, int, int, int]] | None = None,
         row = {"kernel": "flash_attention", "shape": (B, H, H_kv, T, D), "dtype": str(dtype)}
         moved = (2 * q.numel() + k.numel() + v.numel()) * q.element_size()
         flops = 4 * B * H * T * T * D / 2
-        impls = {"reference": partial(flash_attention_reference, q, k, v)}
-        if backend(q) == "triton":
-            impls["triton"] = partial(flash_attention_triton, q, k, v)
-        for impl, fn in impls.items():
-            sec = statistics.median(time_call(fn, device=device, repeats=repeats))
-            rows.append({**row, "impl": impl, "ms": sec * 1e3, "GB/s": moved / sec / 1e9,
-                         "TFLOP/s": flops / sec / 1e12, "note": ""})
-        if "triton" not in impls:
-            rows.append({**row, "impl": "triton", "ms": None, "GB/s": None, "TFLOP/s": None,
-                         "note": "unmeasured (interpreter is not a speed)"})
+        impls = {"reference": partial(flash_attention_reference, q, k, v),
+                 "triton": partial(flash_attention_triton, q, k, v)}
+        rows += timed_rows(row, impls, backend(q) == "triton", device, repeats, moved, flops,
+                           notes={"reference": "SDPA"})
     return rows

@@ -17,13 +17,12 @@ programs, TMA loads on Hopper.
 
 from __future__ import annotations
 
-import statistics
 from functools import cache, partial
 
 import torch
 
-from ..metrics import time_call
 from .check import Case, Report, compare, device_or_default, generator, tolerance
+from .measure import timed_rows
 from .runtime import backend, interpreting, jit, tl, triton
 from .vector_add import poisoned
 
@@ -171,7 +170,7 @@ def validate(fn=None, seed: int = 0, device: torch.device | str | None = None) -
 def benchmark(sizes: tuple[tuple[int, int, int], ...] | None = None, repeats: int = 10,
               dtype: torch.dtype | None = None,
               device: torch.device | str | None = None) -> list[dict]:
-    """Median time per call of (M, K, N) products and achieved GFLOP/s (2 M N K flops).
+    """Median time per call of (M, K, N) products and achieved TFLOP/s (2 M N K flops).
     The reference here is ``a @ b`` itself (cuBLAS or the CPU BLAS), the bar to reach.
 
     On a CPU only the reference is timed: the interpreter is a correctness tool.
@@ -186,15 +185,8 @@ def benchmark(sizes: tuple[tuple[int, int, int], ...] | None = None, repeats: in
         b = torch.randn(K, N, device=device, dtype=dtype)
         row = {"kernel": "matmul", "size": (M, K, N), "dtype": str(dtype)}
         flops = 2 * M * N * K
-        impls = {"reference": torch.matmul}
-        if backend(a) == "triton":
-            impls["triton"] = matmul_triton
-        for impl, fn in impls.items():
-            fn(a, b)  # the first call of a new shape autotunes: keep it out of the timing
-            s = statistics.median(time_call(partial(fn, a, b), device=device, repeats=repeats))
-            rows.append({**row, "impl": impl, "ms": s * 1e3, "GFLOP/s": flops / s / 1e9,
-                         "note": "a @ b" if impl == "reference" else ""})
-        if "triton" not in impls:
-            rows.append({**row, "impl": "triton", "ms": None, "GFLOP/s": None,
-                         "note": "unmeasured (interpreter is not a speed)"})
+        impls = {"reference": partial(torch.matmul, a, b), "triton": partial(matmul_triton, a, b)}
+        # warmup: the first call of a new shape autotunes; keep it out of the timing
+        rows += timed_rows(row, impls, backend(a) == "triton", device, repeats,
+                           flops=flops, notes={"reference": "a @ b"}, warmup=True)
     return rows

@@ -29,14 +29,13 @@ read from memory.
 from __future__ import annotations
 
 import math
-import statistics
 from functools import partial
 
 import torch
 
-from ..metrics import time_call
 from ..serving.paged_attention import paged_attention as gather_paged_attention
 from .check import Case, Report, compare, device_or_default, generator, tolerance
+from .measure import timed_rows
 from .runtime import backend, jit, tl, triton
 
 # A row's blocks go to at least MIN_SPLITS programs (a few long rows still fill the GPU's
@@ -117,7 +116,8 @@ def _paged_combine_kernel(M_PART, L_PART, ACC_PART, O, n_splits, n_head, head_di
 
 
 def _check(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor,
-           block_tables: torch.Tensor, context_lens: torch.Tensor) -> None:
+           block_tables: torch.Tensor, context_lens: torch.Tensor, values: bool = True
+           ) -> None:
     if q.dim() != 3 or k_pool.dim() != 4 or v_pool.shape != k_pool.shape:
         raise ValueError(f"want q (B, H, D) and pools (num_blocks, H_kv, block_size, D); got "
                          f"q {tuple(q.shape)}, k_pool {tuple(k_pool.shape)}, v_pool "
@@ -136,7 +136,7 @@ def _check(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor,
                          f"{k_pool.dtype}, {v_pool.dtype}")
     if q.stride(-1) != 1 or k_pool.stride(-1) != 1 or v_pool.stride(-1) != 1:
         raise ValueError("q and the pools must be contiguous along head_dim")
-    if B == 0:
+    if B == 0 or not values:
         return
     # One host sync: a wrong length or block id would read another sequence's memory.
     lens = context_lens.long()
@@ -151,10 +151,13 @@ def _check(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor,
 
 def paged_attention_triton(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor,
                            block_tables: torch.Tensor, context_lens: torch.Tensor,
-                           kernel=None, blocks_per_split: int | None = None) -> torch.Tensor:
+                           kernel=None, blocks_per_split: int | None = None,
+                           check_values: bool = True) -> torch.Tensor:
     """Launch the split kernel (or ``kernel``, a variant with its signature), then the
-    combine. blocks_per_split: default splits each row in at least MIN_SPLITS pieces."""
-    _check(q, k_pool, v_pool, block_tables, context_lens)
+    combine. blocks_per_split: default splits each row in at least MIN_SPLITS pieces.
+    check_values=False skips the check of lengths and block ids (host syncs): for a
+    caller that built the tables itself, such as the serving engine's pool."""
+    _check(q, k_pool, v_pool, block_tables, context_lens, check_values)
     backend(q, k_pool, v_pool, block_tables, context_lens)  # one device for all
     if q.dtype == torch.bfloat16 and backend(q) == "interpreter":
         raise ValueError("Triton's interpreter has no bfloat16 arithmetic: use fp32 or fp16")
@@ -263,14 +266,8 @@ def benchmark(shapes: list[tuple[int, int, int, int, int]] | None = None,
                 torch.full((B,), ctx, device=device))
         row = {"kernel": "paged_attention", "shape": (B, H, H_kv, ctx, D), "dtype": str(dtype)}
         moved = 2 * B * ctx * H_kv * D * pools[0].element_size()
-        impls = {"reference": partial(paged_attention_reference, *args)}
-        if backend(args[0]) == "triton":
-            impls["triton"] = partial(paged_attention_triton, *args)
-        for impl, fn in impls.items():
-            sec = statistics.median(time_call(fn, device=device, repeats=repeats))
-            rows.append({**row, "impl": impl, "ms": sec * 1e3, "GB/s": moved / sec / 1e9,
-                         "note": ""})
-        if "triton" not in impls:
-            rows.append({**row, "impl": "triton", "ms": None, "GB/s": None,
-                         "note": "unmeasured (interpreter is not a speed)"})
+        impls = {"reference": partial(paged_attention_reference, *args),
+                 "triton": partial(paged_attention_triton, *args)}
+        rows += timed_rows(row, impls, backend(args[0]) == "triton", device, repeats, moved,
+                           notes={"reference": "gather, then softmax"})
     return rows

@@ -23,16 +23,15 @@ Interpreter: fine for the integer shifts and masks here; no bfloat16.
 
 from __future__ import annotations
 
-import statistics
 from functools import partial
 
 import torch
 import torch.nn.functional as F
 
-from ..metrics import time_call
 from ..quant.int4 import SYMMETRIC_OFFSET
 from ..quant.primitives import dequantize_codes, unpack_int4
 from .check import Case, Report, compare, device_or_default, generator, tolerance
+from .measure import timed_rows
 from .runtime import backend, jit, tl, triton
 
 BLOCK_N, BLOCK_K, MAX_BLOCK_M = 16, 32, 16
@@ -316,10 +315,11 @@ def benchmark(shapes: list[tuple[int, int, int]] | None = None, bits: int = 4,
               dtype: torch.dtype | None = None, device: torch.device | str | None = None,
               repeats: int = 10) -> list[dict]:
     """Median time of y = x W^T for (M, K, N): ms and GB/s of weight bytes read (codes,
-    scales, zeros: what bounds a decode step).
+    scales, zeros: what bounds a decode step), beside the dense layer the codes replace
+    (``dense``: F.linear on W in x's dtype, fp16 on a GPU, the bar int4 must beat).
 
-    On a CPU only the reference (dequantize, then F.linear) is timed: the interpreter is
-    not a speed.
+    On a CPU only the references (dequantize, then F.linear; and the dense layer) are
+    timed: the interpreter is not a speed.
     """
     device = device_or_default(device)
     dtype = dtype or (torch.float16 if device.type == "cuda" else torch.float32)
@@ -330,15 +330,13 @@ def benchmark(shapes: list[tuple[int, int, int]] | None = None, bits: int = 4,
         case = _layer(bits, 0, "bench", M, K, N, dtype,
                       group=64 if bits == 4 else None).to(device)
         row = {"kernel": f"int{bits}_gemv", "shape": (M, K, N), "dtype": str(dtype)}
-        moved = sum(a.numel() * a.element_size() for a in case.args[1:4] if a is not None)
-        impls = {"reference": partial(ref, *case.args)}
-        if backend(case.args[0]) == "triton":
-            impls["triton"] = partial(launch, *case.args)
-        for impl, fn in impls.items():
-            sec = statistics.median(time_call(fn, device=device, repeats=repeats))
-            rows.append({**row, "impl": impl, "ms": sec * 1e3, "GB/s": moved / sec / 1e9,
-                         "note": ""})
-        if "triton" not in impls:
-            rows.append({**row, "impl": "triton", "ms": None, "GB/s": None,
-                         "note": "unmeasured (interpreter is not a speed)"})
+        packed = sum(a.numel() * a.element_size() for a in case.args[1:4] if a is not None)
+        w = torch.randn(N, K, device=device, dtype=dtype)  # the dense weight, same shape
+        impls = {"reference": partial(ref, *case.args), "dense": partial(F.linear, case.args[0], w),
+                 "triton": partial(launch, *case.args)}
+        rows += timed_rows(row, impls, backend(case.args[0]) == "triton", device, repeats,
+                           {"reference": packed, "triton": packed,
+                            "dense": w.numel() * w.element_size()},
+                           notes={"reference": "dequantize, then F.linear",
+                                  "dense": f"F.linear, {str(dtype)[6:]} weight"})
     return rows

@@ -15,13 +15,12 @@ memory-bound, so the ratio is about the speed-up to expect on a GPU.
 
 from __future__ import annotations
 
-import statistics
 from functools import partial
 
 import torch
 
-from ..metrics import time_call
 from .check import Case, Report, compare, device_or_default, generator, tolerance
+from .measure import timed_rows
 from .runtime import backend, interpreting, jit, tl, triton
 
 MAX_COLS = 65536  # one row per program, held in registers
@@ -197,14 +196,7 @@ def benchmark(sizes: tuple[tuple[int, int], ...] | None = None, repeats: int = 1
         row = {"kernel": "rmsnorm", "size": (n_rows, n_cols), "dtype": str(dtype)}
         moved = {"reference": sum(b for _, b in unfused_traffic(n_rows, n_cols, dtype)),
                  "triton": fused_traffic(n_rows, n_cols, dtype)}
-        impls = {"reference": rmsnorm_reference}
-        if backend(x) == "triton":
-            impls["triton"] = rmsnorm_triton
-        for impl, fn in impls.items():
-            s = statistics.median(time_call(partial(fn, x, w), device=device, repeats=repeats))
-            rows.append({**row, "impl": impl, "ms": s * 1e3, "bytes": moved[impl],
-                         "GB/s": moved[impl] / s / 1e9, "note": ""})
-        if "triton" not in impls:
-            rows.append({**row, "impl": "triton", "ms": None, "bytes": moved["triton"],
-                         "GB/s": None, "note": "unmeasured (interpreter is not a speed)"})
+        impls = {"reference": partial(rmsnorm_reference, x, w),
+                 "triton": partial(rmsnorm_triton, x, w)}
+        rows += timed_rows(row, impls, backend(x) == "triton", device, repeats, moved)
     return rows

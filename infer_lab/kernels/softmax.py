@@ -16,13 +16,12 @@ step FlashAttention builds on.
 
 from __future__ import annotations
 
-import statistics
 from functools import partial
 
 import torch
 
-from ..metrics import time_call
 from .check import Case, Report, compare, device_or_default, generator, tolerance
+from .measure import timed_rows
 from .runtime import backend, interpreting, jit, tl, triton
 
 MAX_COLS = 65536  # one row per program: beyond this the row no longer fits in registers
@@ -159,14 +158,6 @@ def benchmark(sizes: tuple[tuple[int, int], ...] | None = None, repeats: int = 1
         x = torch.randn(shape, device=device, dtype=dtype)
         row = {"kernel": "softmax", "size": shape, "dtype": str(dtype)}
         moved = 2 * x.numel() * x.element_size()
-        impls = {"reference": softmax_reference}
-        if backend(x) == "triton":
-            impls["triton"] = softmax_triton
-        for impl, fn in impls.items():
-            s = statistics.median(time_call(partial(fn, x), device=device, repeats=repeats))
-            rows.append({**row, "impl": impl, "ms": s * 1e3, "GB/s": moved / s / 1e9,
-                         "note": ""})
-        if "triton" not in impls:
-            rows.append({**row, "impl": "triton", "ms": None, "GB/s": None,
-                         "note": "unmeasured (interpreter is not a speed)"})
+        impls = {"reference": partial(softmax_reference, x), "triton": partial(softmax_triton, x)}
+        rows += timed_rows(row, impls, backend(x) == "triton", device, repeats, moved)
     return rows

@@ -12,14 +12,13 @@ rounds once; the eager pair rounds silu(a) to the input dtype in between.
 
 from __future__ import annotations
 
-import statistics
 from functools import partial
 
 import torch
 import torch.nn.functional as F
 
-from ..metrics import time_call
 from .check import Case, Report, compare, device_or_default, generator, tolerance
+from .measure import timed_rows
 from .runtime import backend, interpreting, jit, tl, triton
 
 BLOCK = 1024  # elements per program: cases put tails of 1 to 3 past multiples of it
@@ -148,14 +147,7 @@ def benchmark(sizes: tuple[tuple[int, int], ...] | None = None, repeats: int = 1
         row = {"kernel": "swiglu", "size": shape, "dtype": str(dtype)}
         moved = {"reference": sum(x for _, x in unfused_traffic(n, dtype)),
                  "triton": fused_traffic(n, dtype)}
-        impls = {"reference": swiglu_reference}
-        if backend(a) == "triton":
-            impls["triton"] = swiglu_triton
-        for impl, fn in impls.items():
-            s = statistics.median(time_call(partial(fn, a, b), device=device, repeats=repeats))
-            rows.append({**row, "impl": impl, "ms": s * 1e3, "bytes": moved[impl],
-                         "GB/s": moved[impl] / s / 1e9, "note": ""})
-        if "triton" not in impls:
-            rows.append({**row, "impl": "triton", "ms": None, "bytes": moved["triton"],
-                         "GB/s": None, "note": "unmeasured (interpreter is not a speed)"})
+        impls = {"reference": partial(swiglu_reference, a, b),
+                 "triton": partial(swiglu_triton, a, b)}
+        rows += timed_rows(row, impls, backend(a) == "triton", device, repeats, moved)
     return rows

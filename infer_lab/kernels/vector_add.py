@@ -17,13 +17,12 @@ guard band of one block past its end, and says so when a kernel wrote into it.
 
 from __future__ import annotations
 
-import statistics
 from functools import partial
 
 import torch
 
-from ..metrics import time_call
 from .check import Case, Report, compare, device_or_default, generator, tolerance
+from .measure import timed_rows
 from .runtime import backend, interpreting, jit, tl, triton
 
 BLOCK = 1024  # elements per program: cases put tails of 1 to 3 elements past multiples of it
@@ -155,14 +154,7 @@ def benchmark(sizes: tuple[int, ...] | None = None, repeats: int = 10,
         x, y = (torch.randn(n, device=device, dtype=dtype) for _ in range(2))
         row = {"kernel": "vector_add", "size": n, "dtype": str(dtype)}
         moved = 3 * n * x.element_size()
-        impls = {"reference": vector_add_reference}
-        if backend(x) == "triton":
-            impls["triton"] = vector_add_triton
-        for impl, fn in impls.items():
-            s = statistics.median(time_call(partial(fn, x, y), device=device, repeats=repeats))
-            rows.append({**row, "impl": impl, "ms": s * 1e3, "GB/s": moved / s / 1e9,
-                         "note": ""})
-        if "triton" not in impls:
-            rows.append({**row, "impl": "triton", "ms": None, "GB/s": None,
-                         "note": "unmeasured (interpreter is not a speed)"})
+        impls = {"reference": partial(vector_add_reference, x, y),
+                 "triton": partial(vector_add_triton, x, y)}
+        rows += timed_rows(row, impls, backend(x) == "triton", device, repeats, moved)
     return rows

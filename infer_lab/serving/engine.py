@@ -42,7 +42,7 @@ from ..generate import GREEDY, Sampling, check_decoding
 from ..model import Transformer
 from .block_manager import BlockManager
 from .model_runner import ModelRunner
-from .paged_attention import PagedKVCache
+from .paged_attention import DECODE_ATTENTION, PagedKVCache
 from .scheduler import Scheduler, SchedulerOutput
 from .interface import EngineLoad, KVUsage, StepRecord, TokenOutput
 from .sequence import Sequence
@@ -63,11 +63,17 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     chunked_prefill: bool = True
     keep_step_records: bool = True
+    # How a decode step reads the pool: "auto" (the Triton paged kernel on a CUDA model
+    # with Triton, else block by block in PyTorch), "blocks" or "kernel".
+    decode_attention: str = "auto"
 
     def __post_init__(self) -> None:
         for name in ("block_size", "num_blocks", "max_num_seqs", "max_num_batched_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.decode_attention not in DECODE_ATTENTION:
+            raise ValueError(f"decode_attention must be one of {', '.join(DECODE_ATTENTION)},"
+                             f" got {self.decode_attention!r}")
 
 
 class Engine:
@@ -90,7 +96,8 @@ class Engine:
         self.block_manager = BlockManager(c.num_blocks, c.block_size, c.enable_prefix_caching)
         self.scheduler = Scheduler(self.block_manager, c.max_num_seqs,
                                    c.max_num_batched_tokens, c.chunked_prefill)
-        self.cache = PagedKVCache.for_model(model, c.num_blocks, c.block_size)
+        self.cache = PagedKVCache.for_model(model, c.num_blocks, c.block_size,
+                                            c.decode_attention)
         self.runner = ModelRunner(model, self.cache)
         self.requests: dict[int, Sequence] = {}  # unfinished, by seq_id
         self.records: list[StepRecord] = []

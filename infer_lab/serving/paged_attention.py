@@ -134,6 +134,30 @@ def paged_decode_attention(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.
     return (out / denom[..., None]).view(B, H, D)
 
 
+DECODE_ATTENTION = ("auto", "blocks", "kernel")
+
+
+def resolve_decode_attention(choice: str, pool: torch.Tensor) -> str:
+    """How decode steps read the pool: "blocks" (:func:`paged_decode_attention`, PyTorch)
+    or "kernel" (the Triton paged-attention kernel of :mod:`infer_lab.kernels`). "auto"
+    picks the kernel where it runs compiled (a CUDA pool with Triton installed); "kernel"
+    on a CPU pool needs Triton's interpreter (tests; slow)."""
+    if choice not in DECODE_ATTENTION:
+        raise ValueError(f"decode_attention must be one of {', '.join(DECODE_ATTENTION)}, "
+                         f"got {choice!r}")
+    if choice == "blocks" or (choice == "auto" and pool.device.type != "cuda"):
+        return "blocks"  # decided without importing Triton (a second of startup, memory)
+    from ..kernels.runtime import INSTALL, backend
+
+    where = backend(pool)
+    if choice == "auto":
+        return "kernel" if where == "triton" else "blocks"
+    if choice == "kernel" and where == "reference":
+        raise ValueError(f"decode_attention='kernel' needs Triton on a CUDA pool, or its "
+                         f"interpreter (TRITON_INTERPRET=1) on a CPU one ({INSTALL})")
+    return choice
+
+
 @dataclass
 class PagedStep(Step):
     """One forward over the pool: where the new tokens go, and what attention reads."""
@@ -141,7 +165,9 @@ class PagedStep(Step):
     valid: torch.Tensor  # (B, T) True for a real token, False for left padding
     write: torch.Tensor  # (N,) pool slot of each real new token
     read: torch.Tensor | None  # (B, S) slots to gather (a longer chunk), or None
-    blocks: dict[str, torch.Tensor] | None  # decode_blocks() of a decode, or None
+    # decode_blocks() of a decode read block by block, or {"tables", "lens"} of a decode
+    # by the kernel, or None (a longer chunk)
+    blocks: dict[str, torch.Tensor] | None
 
 
 class PagedKVCache:
@@ -161,12 +187,13 @@ class PagedKVCache:
 
     def __init__(self, n_layer: int, num_blocks: int, block_size: int, n_kv_head: int,
                  head_dim: int, dtype: torch.dtype = torch.float32,
-                 device: torch.device | str = "cpu"):
+                 device: torch.device | str = "cpu", decode_attention: str = "auto"):
         self.num_blocks, self.block_size = num_blocks, block_size
         shape = (n_layer, num_blocks, n_kv_head, block_size, head_dim)
         self.k = torch.zeros(shape, dtype=dtype, device=device)  # (L, blocks, H_kv, bs, D)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.device = self.k.device
+        self.decode_attention = resolve_decode_attention(decode_attention, self.k)
         # Decode copies a step's blocks here, one layer at a time; reused across layers
         # and steps. A block shared by r rows (a common prefix) is read r times, so a step
         # can read more blocks than the pool holds: the workspace grows to the largest
@@ -175,12 +202,12 @@ class PagedKVCache:
         self._workspace: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @classmethod
-    def for_model(cls, model: torch.nn.Module, num_blocks: int, block_size: int
-                  ) -> "PagedKVCache":
+    def for_model(cls, model: torch.nn.Module, num_blocks: int, block_size: int,
+                  decode_attention: str = "auto") -> "PagedKVCache":
         cfg = model.config
         p = next(model.parameters())
         return cls(cfg.n_layer, num_blocks, block_size, cfg.n_kv_head, cfg.head_dim,
-                   dtype=p.dtype, device=p.device)
+                   dtype=p.dtype, device=p.device, decode_attention=decode_attention)
 
     def bytes(self) -> int:
         """Bytes of the whole pool (K and V, every layer)."""
@@ -219,6 +246,10 @@ class PagedKVCache:
         valid = pos >= 0  # (B, T)
         write = slot_mapping(tables, pos.clamp(min=0), bs)[valid].to(dev)
         pos, valid = pos.to(dev), valid.to(dev)
+        if T == 1 and self.decode_attention == "kernel":  # the Triton kernel reads tables
+            step = PagedStep(pos, None, valid, write, None,
+                             {"tables": tables.to(dev), "lens": torch.tensor(ends, device=dev)})
+            return PagedBatch(self, step)
         if T == 1:  # a decode: block by block, no mask (each row sees its own blocks)
             step = PagedStep(pos, None, valid, write, None,
                              decode_blocks(block_tables, ends, bs, dev))
@@ -256,6 +287,15 @@ class PagedBatch:
         # Only real tokens are written: padding must never overwrite another row's slot.
         pool.write(layer, step.write, k.transpose(1, 2)[step.valid],
                    v.transpose(1, 2)[step.valid])  # (N, H_kv, D)
+        if step.blocks is not None and "tables" in step.blocks:  # decode by the kernel
+            from ..kernels.paged_attention import paged_attention_triton
+
+            b = step.blocks
+            # prepare() built the tables from the block manager's: no per-layer host sync
+            # to re-check block ids and lengths.
+            out = paged_attention_triton(q[:, :, 0], pool.k[layer], pool.v[layer],
+                                         b["tables"], b["lens"], check_values=False)
+            return out[:, :, None]  # (B, H, 1, D)
         if step.blocks is not None:  # decode: each row's own blocks, read in place
             b = step.blocks
             out = paged_decode_attention(q[:, :, 0], pool.k[layer], pool.v[layer],
