@@ -205,6 +205,10 @@ class Transformer(nn.Module):
         return self.lm_head(self.norm(x))  # (B, T, V)
 
     def _check_context(self, pos: torch.Tensor) -> None:
+        # A host sync: skipped inside a compiled graph, whose caller checked the lengths
+        # before the first step (infer_lab.runtimes.compiled).
+        if torch.compiler.is_compiling():
+            return
         if int(pos.max()) >= self.config.max_seq_len:
             raise ValueError(f"position {int(pos.max())} exceeds the model's context of "
                              f"{self.config.max_seq_len} tokens; shorten the prompt or "
