@@ -30,8 +30,16 @@ from collections.abc import Iterator
 
 import torch
 
-from ..generate import GREEDY, Sampling, check_decoding, check_prompts, collect, \
-    make_generator, prefill, sample
+from ..generate import (
+    GREEDY,
+    Sampling,
+    check_decoding,
+    check_prompts,
+    collect,
+    make_generator,
+    prefill,
+    sample,
+)
 from ..model import Transformer
 from .static_cache import StaticKVCache
 
