@@ -71,6 +71,9 @@ def test_extras(project):
     lab, dev = requirements(extras["lab"]), requirements(extras["dev"])
     assert {"jupyterlab", "ipykernel"} <= set(lab)
     assert {"pytest", "nbval", "hypothesis", "ipykernel", "pytest-timeout", "packaging"} <= set(dev)
+    # the optional runtimes: the lab and dev installs include each extra
+    for extra in ("kernels", "runtimes"):
+        assert set(requirements(extras[extra])) <= set(lab) & set(dev), extra
 
 
 def test_zoo_weights_ship_as_package_data(project):
