@@ -135,3 +135,20 @@ def test_kernels_quick_on_cpu_times_references_and_never_reports_a_triton_speed(
     assert any(r["impl"] == "dense" and r["kernel"] == "int4_gemv" for r in rows)
     assert data["ratios"] == {}  # nothing to compare without a measured kernel
     assert json.loads((tmp_path / "k.json").read_text())["ratios"] == {}
+
+
+def test_runtimes_quick_builds_every_contender_and_checks_their_tokens(tmp_path):
+    """bench runtimes --quick on the tiny GPT-2-shaped model: eager, compiled and ONNX
+    Runtime rows, each with a cold start and greedy tokens equal to eager fp32's (fp32
+    contenders; bf16 may round a near-tie differently), ratios from a serving file."""
+    pytest.importorskip("onnxruntime")
+    serving = tmp_path / "serving.json"
+    serving.write_text(json.dumps({"ratios": {"continuous_vs_static": 3.2}}))
+    data = main(["runtimes", "--quick", "--models", "gpt2", "--serving-json", str(serving)])
+    rows = data["models"]["gpt2"]["rows"]
+    assert {"eager fp32", "eager bf16", "compiled", "onnxruntime"} <= rows.keys()
+    for name in ("compiled", "onnxruntime"):
+        assert rows[name]["tokens_equal_eager_fp32"] == data["models"]["gpt2"]["new_tokens"]
+        assert rows[name]["cold_start_s"] > rows["eager fp32"]["cold_start_s"]
+    assert all(r["tokens_per_s"] > 0 and 0 < r["roofline_fraction"] for r in rows.values())
+    assert data["ratios"] == {"continuous_vs_static": 3.2}  # code-m, SmolLM2 not run

@@ -42,6 +42,7 @@ COMMANDS: dict[str, str] = {
     "labs-memory": "infer_lab.bench.labs_memory",
     "telemetry": "infer_lab.bench.telemetry",
     "kernels": "infer_lab.bench.kernels",
+    "runtimes": "infer_lab.bench.runtimes",
 }
 
 

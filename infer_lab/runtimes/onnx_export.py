@@ -13,6 +13,10 @@ step's presents back as the next step's pasts.
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
+import warnings
 from pathlib import Path
 
 import torch
@@ -87,10 +91,11 @@ def export(model: Transformer, path: str | Path) -> Path:
     dims = {"idx": {0: B, 1: T}, "pos": {0: B, 1: T}, "kpos": {0: B, 1: ST},
             "past_k": {1: B, 3: S}, "past_v": {1: B, 3: S}}
     try:
-        prog = torch.onnx.export(StepWithPast(model.eval()), example_inputs(model),
-                                 dynamo=True, dynamic_shapes=dims, verbose=False,
-                                 input_names=NAMES,
-                                 output_names=["logits", "present_k", "present_v"])
+        with _quiet_exporter():
+            prog = torch.onnx.export(StepWithPast(model.eval()), example_inputs(model),
+                                     dynamo=True, dynamic_shapes=dims, verbose=False,
+                                     input_names=NAMES,
+                                     output_names=["logits", "present_k", "present_v"])
     except Exception as e:  # noqa: BLE001 - the exporter raises many types; name the module
         raise ValueError(_refusal(model, f"failed ({type(e).__name__})")) from e
     prog.save(str(path))
@@ -103,6 +108,21 @@ def export(model: Transformer, path: str | Path) -> Path:
         raise ValueError(_refusal(model, f"gave a graph whose logits differ from PyTorch's by "
                                          f"{err:.3g}"))
     return path
+
+
+@contextlib.contextmanager
+def _quiet_exporter():
+    """The exporter prints each stage and warns about operators of libraries we do not
+    use (torchvision): keep that out of labs and benchmarks; errors still propagate."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
 
 
 def _refusal(model: Transformer, what: str) -> str:
