@@ -10,7 +10,8 @@ Labs read their sizes (tokens to generate, repeats, sweep lengths) from the
 so the same notebook runs in CI in seconds and on a GPU at full size. Sizes every lab
 uses are fields of :class:`Scale`; each lab from 02 on has its own group of sizes, one
 field of :class:`Scale` (``scale.quantization`` for lab 02, ``scale.pruning`` for 03,
-``scale.distillation`` for 04, ``scale.speculative`` for 05, ``scale.serving`` for 06).
+``scale.distillation`` for 04, ``scale.speculative`` for 05, ``scale.serving`` for 06,
+``scale.kernels`` for 07).
 This file is the only place those numbers are written.
 """
 
@@ -119,6 +120,26 @@ class ServingSizes(LabSizes):
 
 
 @dataclass(frozen=True)
+class KernelsSizes(LabSizes):
+    """Lab 07 (GPU kernels). Under Triton's interpreter (a CPU) every program of a grid runs
+    in numpy, one after another: the shapes the kernels run on stay small there."""
+
+    vector_n: int  # elements of the vector add the lab launches
+    prompt_tokens: int  # code-m prompt whose attention scores the softmax kernels compute
+    online_block: int  # tile width of the online softmax on those rows
+    flash_tokens: int  # first tokens of the prompt the flash-attention kernel attends over
+    matmul: tuple[int, int, int]  # (M, K, N) of the tiled matmul launched and drawn (small)
+    paged_lens: tuple[int, ...]  # context lengths of the paged-attention sequences ...
+    block_size: int  # ... in KV blocks of this many tokens
+    bench_rows: tuple[int, int]  # (rows, cols) timed for softmax, RMSNorm, SwiGLU, vector add
+    bench_matmul: tuple[int, int, int]  # (M, K, N) timed
+    bench_attention: tuple[int, int, int, int, int]  # (B, H, H_kv, T, D) flash prefill timed
+    bench_paged: tuple[int, int, int, int, int]  # (B, H, H_kv, context, D) decode timed
+    bench_gemv: tuple[int, int, int]  # (M, K, N) of the int4 GEMV timed
+    repeats: int  # timed calls per measurement (median)
+
+
+@dataclass(frozen=True)
 class Scale:
     """Per-scale sizes of the labs' experiments."""
 
@@ -137,6 +158,7 @@ class Scale:
     distillation: DistillationSizes
     speculative: SpeculativeSizes
     serving: ServingSizes
+    kernels: KernelsSizes
     model: str  # lab 00's model: the zoo's code-m, or the real smollm2-135m
 
     def __str__(self) -> str:
@@ -169,6 +191,9 @@ SCALES: dict[str, Scale] = {
         speculative=SpeculativeSizes(48, 3, 500, (1, 2, 4), 1500, 2),
         serving=ServingSizes("code-s", 8, (8, 48), (4, 24), 10, (8, 32), (0.25, 1.0, 2.0),
                              384, REAL),
+        kernels=KernelsSizes(10_000, 128, 32, 64, (48, 40, 36), (5, 11, 18), 4, (256, 1024),
+                             (256, 256, 256), (1, 8, 4, 256, 32), (4, 8, 4, 512, 32),
+                             (1, 1024, 1024), 3),
         model="code-m"),
     "laptop": Scale(
         "laptop", max_new_tokens=64, repeats=5, warmup=2, n_requests=40,
@@ -183,6 +208,9 @@ SCALES: dict[str, Scale] = {
         speculative=SpeculativeSizes(64, 3, 500, (1, 2, 3, 4, 6), 4000, 2),
         serving=ServingSizes("code-m", 10, (8, 64), (4, 32), 24, (8, 64),
                              (0.25, 0.5, 0.75, 1.0, 1.5, 2.0), 512, REAL),
+        kernels=KernelsSizes(100_000, 512, 64, 128, (70, 66, 50), (9, 37, 64, 100), 8,
+                             (2048, 4096), (1024, 1024, 1024), (1, 8, 4, 1024, 32),
+                             (8, 8, 4, 2048, 32), (1, 4096, 4096), 5),
         model=REAL),
     "gpu": Scale(
         "gpu", max_new_tokens=128, repeats=10, warmup=3, n_requests=100,
@@ -197,6 +225,9 @@ SCALES: dict[str, Scale] = {
         speculative=SpeculativeSizes(96, 4, 600, (1, 2, 3, 4, 6, 8), 20000, 2),
         serving=ServingSizes(REAL, 12, (8, 96), (4, 40), 64, (16, 128),
                              (0.125, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0), 768, REAL),
+        kernels=KernelsSizes(1 << 24, 1000, 256, 1000, (100, 96, 80), (100, 517, 300, 33),
+                             16, (16384, 8192), (8192, 8192, 8192), (4, 32, 8, 4096, 128),
+                             (32, 32, 8, 4096, 128), (1, 8192, 8192), 20),
         model=REAL),
 }
 CHOICES = (*SCALES, "auto")

@@ -18,6 +18,7 @@ PRUNING = "03_pruning"
 DISTILLATION = "04_distillation"
 SPECULATIVE = "05_speculative_decoding"
 SERVING = "06_serving"
+KERNELS = "07_kernels"
 
 # {lab id (the notebook's name): its exercises, in the order the lab presents them}
 LABS: dict[str, tuple[str, ...]] = {
@@ -28,6 +29,7 @@ LABS: dict[str, tuple[str, ...]] = {
     DISTILLATION: ("soft_targets", "kd_loss"),
     SPECULATIVE: ("accept_or_resample", "expected_tokens_per_call", "speculative_speedup"),
     SERVING: ("block_tables", "schedule_step"),
+    KERNELS: ("softmax_kernel", "online_softmax_kernel", "int4_gemv_kernel"),
 }
 
 

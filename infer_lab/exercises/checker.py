@@ -16,6 +16,11 @@ same functions let the tests prove that the checker rejects them.
 
 A stub that raises ``NotImplementedError`` is "not attempted" and never raises, so a lab
 runs top to bottom as shipped. Every verdict is recorded in the progress store.
+
+A variant grades something other than a plain function (:mod:`.kernel_checker`: a Triton
+kernel, launched by its wrapper) by overriding the hooks ``screen``, ``describe``,
+``mismatch``, ``tally``, ``format_error`` and ``diagnose``; the verdicts and the progress
+record stay here, one copy for every kind of exercise.
 """
 
 from __future__ import annotations
@@ -185,35 +190,60 @@ class Exercise:
         # Deep copies: a function that modifies its inputs must not change the reference's.
         return fn(*copy.deepcopy(case.args), **copy.deepcopy(case.kwargs))
 
+    # What a variant of Exercise changes (a kernel exercise: kernel_checker.py); the
+    # verdicts below are built in one place for every kind of exercise.
+    noun = "function"  # what the learner hands in, as the verdicts name it
+
+    def screen(self, fn: Callable) -> tuple[str, str] | None:
+        """(status, message) when ``fn`` cannot be graded at all, before any case runs."""
+        if not callable(fn):
+            return "failed", (f"{ICONS['failed']} {self.name}: expected a function, got "
+                              f"{type(fn).__name__}. Pass the function itself, without "
+                              "calling it.")
+        return None
+
+    def describe(self, case: Any) -> str:
+        """The call of one case, as the verdict shows it."""
+        return case.describe(self.name)
+
+    def mismatch(self, case: Any, got: Any) -> str | None:
+        """None when ``got`` is right for ``case``; else why not."""
+        return compare(got, self._call(self.reference, case), self.rtol, self.atol)
+
+    def tally(self, cases: list, seed: int | None) -> str:
+        """What the passed cases were, for the verdict."""
+        fixed = len(self.fixed_cases)
+        return f"{fixed} fixed, {len(cases) - fixed} random"
+
+    def format_error(self, e: BaseException, fn: Callable) -> str:
+        return _format_error(e)
+
     def _grade(self, fn: Callable, seed: int | None) -> CheckResult:
         cases = self.cases(seed)
         n = len(cases)
         make = lambda status, msg, k=0, **kw: CheckResult(
             self.name, self.lab, status, msg, n, k, **kw)
-        if not callable(fn):
-            return make("failed", f"{ICONS['failed']} {self.name}: expected a function, got "
-                        f"{type(fn).__name__}. Pass the function itself, without calling it.")
+        early = self.screen(fn)
+        if early is not None:
+            return make(*early)
         for k, case in enumerate(cases):
-            call = case.describe(self.name)
+            call = self.describe(case)
             try:
                 got = self._call(fn, case)
             except NotImplementedError:
                 if k == 0:
-                    return make("not attempted", f"{ICONS['not attempted']} {self.name}: not "
-                                "attempted (the stub still raises NotImplementedError). "
-                                "Replace the `raise` with your code and run the cell again.")
+                    return make("not attempted", not_attempted_message(self.name))
                 return make("failed", f"{ICONS['failed']} {self.name}: raised "
                             f"NotImplementedError on case {k + 1}/{n}: {call}", k,
                             failed_case=call, hint=self.hint)
             except Exception as e:  # noqa: BLE001  the learner's bug: show it, never raise
-                err = _format_error(e)
-                msg = (f"{ICONS['failed']} {self.name}: your function raised an error on "
+                err = self.format_error(e, fn)
+                msg = (f"{ICONS['failed']} {self.name}: your {self.noun} raised an error on "
                        f"case {k + 1}/{n}: {call}\n   {err}")
                 if self.hint:
                     msg += f"\n   Hint: {self.hint}"
                 return make("failed", msg, k, failed_case=call, error=err, hint=self.hint)
-            want = self._call(self.reference, case)
-            reason = compare(got, want, self.rtol, self.atol)
+            reason = self.mismatch(case, got)
             if reason is not None:
                 hint = self.diagnose(case, got) or self.hint
                 msg = (f"{ICONS['failed']} {self.name}: wrong answer on case {k + 1}/{n}: "
@@ -222,7 +252,7 @@ class Exercise:
                     msg += f"\n   Hint: {hint}"
                 return make("failed", msg, k, failed_case=call, hint=hint)
         return make("passed", f"{ICONS['passed']} {self.name}: passed {n}/{n} cases "
-                    f"({len(self.fixed_cases)} fixed, {n - len(self.fixed_cases)} random).", n)
+                    f"({self.tally(cases, seed)}).", n)
 
     def diagnose(self, case: Case, got: Any) -> str | None:
         """The hint of the first known mistake whose answer equals ``got`` on ``case``."""
@@ -236,6 +266,11 @@ class Exercise:
 
     def solution(self) -> str:
         return inspect.getsource(self.reference)
+
+
+def not_attempted_message(name: str) -> str:
+    return (f"{ICONS['not attempted']} {name}: not attempted (the stub still raises "
+            "NotImplementedError). Replace the `raise` with your code and run the cell again.")
 
 
 def _format_error(e: BaseException) -> str:

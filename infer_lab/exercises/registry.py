@@ -10,6 +10,7 @@ from collections.abc import Callable
 from . import (
     catalog,
     distillation,
+    kernels,
     kv_cache,
     pruning,
     quantization,
@@ -21,7 +22,8 @@ from .checker import CheckResult, Exercise
 from .progress import lab_progress
 
 # One module per lab, in lab order; each has LAB (the notebook's name) and EXERCISES.
-LAB_MODULES = (welcome, kv_cache, quantization, pruning, distillation, speculative, serving)
+LAB_MODULES = (welcome, kv_cache, quantization, pruning, distillation, speculative, serving,
+               kernels)
 EXERCISES: dict[str, Exercise] = {e.name: e for m in LAB_MODULES for e in m.EXERCISES}
 # The torch-free catalogue (what the JupyterLab extension counts) must say the same.
 catalog.check_registry({m.LAB: [e.name for e in m.EXERCISES] for m in LAB_MODULES})

@@ -8,6 +8,7 @@ runs and lets every file import without Triton installed.
 
     vector_add       programs, blocks, masks for the tail
     softmax          fused row softmax: one read, one write, max-subtracted
+    online_softmax   rows longer than a block: a running max and a rescaled running sum
     rmsnorm          RMSNorm fused with its weight (the fusion lesson)
     swiglu           silu(a) * b fused
     matmul           tiled matmul: block sizes, the K loop, tl.dot

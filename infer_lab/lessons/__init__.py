@@ -14,10 +14,14 @@
     lab06_serving.py                batching timelines, block tables, load curves
     lab06_serving_trace.py          drive an engine over a workload: ticks or wall clock
     lab06_serving_reads.py          how a decode step reads the paged pool, timed
+    lab07_kernels.py                programs and masks, fusion bytes, int4 GEMV bytes
+    lab07_kernels_tiles.py          matmul tiles, FlashAttention's online softmax; paged reads
+    lab07_kernels_runs.py           code-m's scores and an int4 layer through kernels; roofline
 
 The techniques they show live in the package named after them (``infer_lab.quant``,
 ``infer_lab.prune``, ``infer_lab.distill``, ``infer_lab.speculative``,
-``infer_lab.serving``); what they measure with lives in ``infer_lab.metrics`` and
-``infer_lab.quality``; how big each lab's experiments are, in ``infer_lab.scale``.
+``infer_lab.serving``, ``infer_lab.kernels``); what they measure with lives in
+``infer_lab.metrics`` and ``infer_lab.quality``; how big each lab's experiments are, in
+``infer_lab.scale``.
 Nothing is imported here: a lab imports its own module (they need ipywidgets and plotly).
 """
