@@ -49,6 +49,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--token-budget", type=int, default=512,
                    help="continuous batching's tokens per step (static and dynamic batching "
                         "prefill a whole batch in one step, unbudgeted)")
+    p.add_argument("--decode-attention", default="best",
+                   choices=("best", "blocks", "cpp", "kernel", "auto"),
+                   help="how continuous batching's decode reads the paged pool (best: the "
+                        "C++ kernel reading blocks in place on a CPU where it builds, the "
+                        "Triton kernel on CUDA, else block by block)")
     p.add_argument("--repeats", type=int, default=3,
                    help="runs of every row, alternated; each row reports its median run "
                         "(3: about three times the ~5.5 min of one pass; 1: no spread check)")
@@ -98,8 +103,18 @@ def _setup(args: argparse.Namespace):
     # Enough blocks that B requests at their longest always fit: no preemption.
     cfg = EngineConfig(block_size=BLOCK, num_blocks=batch * -(-ctx // BLOCK),
                        max_num_seqs=batch, max_num_batched_tokens=args.token_budget,
-                       enable_prefix_caching=False)
+                       enable_prefix_caching=False,
+                       decode_attention=decode_attention(args.decode_attention))
     return model, tok, texts, work, cfg, batch
+
+
+def decode_attention(choice: str) -> str:
+    """``best``: the C++ in-place kernel on a CPU where it builds, else the engine's auto."""
+    if choice != "best":
+        return choice
+    from ..runtimes import paged_cpu
+
+    return "cpp" if not torch.cuda.is_available() and paged_cpu.available() else "auto"
 
 
 def _run_policy(args: argparse.Namespace, name: str, threads: int):
@@ -282,6 +297,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     summaries = {k: r.summary(args.slo_ttft, args.slo_tpot) for k, r in reports.items()}
     waste = _kv_waste(kv)
     ratios = _ratios(summaries, waste, prefix)
+    print(f"continuous batching's decode reads the pool by: {cfg.decode_attention} "
+          "(serving/paged_attention.py)")
     _print_runs(args, work, batch, len(subset), repeats, summaries)
     _print_memory(kv, waste, model.config.max_seq_len, prefix)
     _print_ratios(ratios, steps)
@@ -289,5 +306,5 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         "prefix": {str(k): v[0] for k, v in prefix.median.items()},
                         "output_lengths": [r.max_tokens for r in work], "hf_subset": len(subset),
                         "steps": {k: {"steps": a, "seconds": b} for k, (a, b) in steps.items()},
-                        "repeats": repeats},
+                        "repeats": repeats, "decode_attention": cfg.decode_attention},
             "ratios": ratios, "timings": timings}

@@ -64,7 +64,8 @@ class EngineConfig:
     chunked_prefill: bool = True
     keep_step_records: bool = True
     # How a decode step reads the pool: "auto" (the Triton paged kernel on a CUDA model
-    # with Triton, else block by block in PyTorch), "blocks" or "kernel".
+    # with Triton, else block by block in PyTorch), "blocks", "kernel" (Triton) or "cpp"
+    # (a compiled CPU kernel reading blocks in place): serving/paged_attention.py.
     decode_attention: str = "auto"
 
     def __post_init__(self) -> None:

@@ -134,17 +134,30 @@ def paged_decode_attention(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.
     return (out / denom[..., None]).view(B, H, D)
 
 
-DECODE_ATTENTION = ("auto", "blocks", "kernel")
+DECODE_ATTENTION = ("auto", "blocks", "kernel", "cpp")
 
 
 def resolve_decode_attention(choice: str, pool: torch.Tensor) -> str:
-    """How decode steps read the pool: "blocks" (:func:`paged_decode_attention`, PyTorch)
-    or "kernel" (the Triton paged-attention kernel of :mod:`infer_lab.kernels`). "auto"
-    picks the kernel where it runs compiled (a CUDA pool with Triton installed); "kernel"
-    on a CPU pool needs Triton's interpreter (tests; slow)."""
+    """How decode steps read the pool: "blocks" (:func:`paged_decode_attention`, PyTorch,
+    copies the step's blocks), "kernel" (the Triton paged-attention kernel of
+    :mod:`infer_lab.kernels`) or "cpp" (:mod:`infer_lab.runtimes.paged_cpu`: compiled C++
+    on CPU threads, reading blocks in place; float32). "auto" picks the Triton kernel on a
+    CUDA pool with Triton installed, else "blocks" (the C++ kernel is built on request
+    only: a minute of compiling is not a default). "kernel" on a CPU pool needs Triton's
+    interpreter (tests; slow)."""
     if choice not in DECODE_ATTENTION:
         raise ValueError(f"decode_attention must be one of {', '.join(DECODE_ATTENTION)}, "
                          f"got {choice!r}")
+    if choice == "cpp":
+        from ..runtimes import paged_cpu
+
+        if pool.device.type != "cpu" or pool.dtype != torch.float32:
+            raise ValueError(f"decode_attention='cpp' reads float32 pools on a CPU; this one "
+                             f"is {pool.dtype} on {pool.device}")
+        if not paged_cpu.available():
+            raise ValueError(f"decode_attention='cpp': the kernel could not be built "
+                             f"({paged_cpu.extension()[1]}); use 'blocks'")
+        return "cpp"
     if choice == "blocks" or (choice == "auto" and pool.device.type != "cuda"):
         return "blocks"  # decided without importing Triton (a second of startup, memory)
     from ..kernels.runtime import INSTALL, backend
@@ -246,7 +259,7 @@ class PagedKVCache:
         valid = pos >= 0  # (B, T)
         write = slot_mapping(tables, pos.clamp(min=0), bs)[valid].to(dev)
         pos, valid = pos.to(dev), valid.to(dev)
-        if T == 1 and self.decode_attention == "kernel":  # the Triton kernel reads tables
+        if T == 1 and self.decode_attention in ("kernel", "cpp"):  # kernels read tables
             step = PagedStep(pos, None, valid, write, None,
                              {"tables": tables.to(dev), "lens": torch.tensor(ends, device=dev)})
             return PagedBatch(self, step)
@@ -287,6 +300,13 @@ class PagedBatch:
         # Only real tokens are written: padding must never overwrite another row's slot.
         pool.write(layer, step.write, k.transpose(1, 2)[step.valid],
                    v.transpose(1, 2)[step.valid])  # (N, H_kv, D)
+        if step.blocks is not None and pool.decode_attention == "cpp":  # in place, C++
+            from ..runtimes.paged_cpu import paged_decode_cpu
+
+            b = step.blocks
+            out = paged_decode_cpu(q[:, :, 0], pool.k[layer], pool.v[layer], b["tables"],
+                                   b["lens"])
+            return out[:, :, None]  # (B, H, 1, D)
         if step.blocks is not None and "tables" in step.blocks:  # decode by the kernel
             from ..kernels.paged_attention import paged_attention_triton
 
