@@ -23,8 +23,8 @@ import torch
 
 from . import format_table
 
-KERNELS = ("vector_add", "softmax", "rmsnorm", "swiglu", "matmul", "flash_attention",
-           "paged_attention", "quant_gemv")
+KERNELS = ("vector_add", "softmax", "online_softmax", "rmsnorm", "swiglu", "matmul",
+           "flash_attention", "paged_attention", "quant_gemv")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
