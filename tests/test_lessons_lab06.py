@@ -154,7 +154,7 @@ def test_compare_reads_counts_slots_and_agrees():
     from infer_lab.lessons.lab06_serving_reads import compare_reads, reads_figure
 
     r = compare_reads([5, 40, 17], n_head=4, n_kv_head=2, head_dim=8, block_size=16,
-                      repeats=2)
+                      repeats=2, in_place=False)
     # gather and contiguous pad every row to the longest (40); blocks read whole blocks
     assert r.slots == {"gather": 120, "contiguous": 120, "blocks": 16 + 48 + 32}
     assert r.max_abs_diff < 1e-5
@@ -162,3 +162,16 @@ def test_compare_reads_counts_slots_and_agrees():
     fig = reads_figure(r)
     assert list(fig.data[0].x) == ["gather", "blocks", "contiguous"]
     assert fig.layout.yaxis.title.text.startswith("ms")
+
+
+def test_compare_reads_times_the_cpp_kernel_reading_in_place():
+    from infer_lab.lessons.lab06_serving_reads import IN_PLACE, compare_reads, reads_figure
+    from infer_lab.runtimes import paged_cpu
+
+    if not paged_cpu.available():
+        pytest.skip(f"the C++ kernel could not be built: {paged_cpu.extension()[1]}")
+    assert paged_cpu.built()  # available() built it: a lab now finds it without building
+    r = compare_reads([5, 40, 17], n_head=4, n_kv_head=2, head_dim=8, block_size=16,
+                      repeats=2)
+    assert r.slots[IN_PLACE] == r.slots["blocks"] and r.max_abs_diff < 1e-5
+    assert list(reads_figure(r).data[0].x)[-1] == IN_PLACE

@@ -10,7 +10,10 @@ ways, all exact, timed on the same batch (lab 06, section 2):
   vLLM kernel's way): each query meets only its own blocks, whole blocks at a time,
   softmax combined across blocks; no padding to the longest sequence;
 * **contiguous**: what a contiguous cache of the same batch would run, each row
-  preallocated and padded to S, no copy at all (the request-level baselines).
+  preallocated and padded to S, no copy at all (the request-level baselines);
+* **in place (C++)**, where its build is on this machine
+  (:mod:`infer_lab.runtimes.paged_cpu`): the vLLM loop compiled for CPU threads, each
+  row's blocks read where they lie, online softmax across them; no copy, no padding.
 
 Slots touched per layer: gather and contiguous B * S, blocks sum_b ceil(n_b / bs) * bs.
 """
@@ -30,6 +33,7 @@ from ..serving.paged_attention import decode_blocks, paged_attention, paged_deco
 from .figures import layout
 
 WAYS = ("gather", "blocks", "contiguous")
+IN_PLACE = "in place (C++)"
 
 
 @dataclass
@@ -45,9 +49,12 @@ class ReadTimes:
 
 def compare_reads(context_lens: list[int], n_head: int = 8, n_kv_head: int = 4,
                   head_dim: int = 64, block_size: int = 16, repeats: int = 10,
-                  seed: int = 0) -> ReadTimes:
-    """Time one layer's decode attention three ways over sequences of these lengths,
-    their blocks scattered at random over a pool twice the size they need."""
+                  seed: int = 0, in_place: bool | None = None) -> ReadTimes:
+    """Time one layer's decode attention three ways (four with the C++ kernel) over
+    sequences of these lengths, their blocks scattered at random over a pool twice the
+    size they need. in_place: time the C++ kernel (default: when it is already built)."""
+    from ..runtimes import paged_cpu
+
     rng = random.Random(seed)
     torch.manual_seed(seed)
     B, bs = len(context_lens), block_size
@@ -73,25 +80,32 @@ def compare_reads(context_lens: list[int], n_head: int = 8, n_kv_head: int = 4,
         "contiguous": lambda: F.scaled_dot_product_attention(
             q[:, :, None], k_c, v_c, attn_mask=mask, enable_gqa=n_head != n_kv_head),
     }
-    diff = (ways["gather"]() - ways["blocks"]()).abs().max().item()
-    times: dict[str, list[float]] = {w: [] for w in WAYS}
-    for _ in range(repeats):  # alternate, so a busy moment lands on all three
-        for w in WAYS:
+    if paged_cpu.built() if in_place is None else in_place:
+        ways[IN_PLACE] = lambda: paged_cpu.paged_decode_cpu(q, k_pool, v_pool, padded, lens)
+    diff = max((ways["gather"]() - ways[w]()).abs().max().item()
+               for w in ways if w != "contiguous")
+    times: dict[str, list[float]] = {w: [] for w in ways}
+    for _ in range(repeats):  # alternate, so a busy moment lands on every way
+        for w in ways:
             with Timer() as t:
                 ways[w]()
             times[w].append(t.elapsed)
     ms = {w: 1000 * statistics.median(ts) for w, ts in times.items()}
-    slots = {"gather": B * S, "contiguous": B * S, "blocks": sum(need) * bs}
+    own = sum(need) * bs  # each row's own blocks, whole
+    slots = {w: {"gather": B * S, "contiguous": B * S}.get(w, own) for w in ways}
     return ReadTimes(ms, slots, diff, list(context_lens), bs)
 
 
 def reads_figure(r: ReadTimes, title: str = "One layer's decode attention over the pool"
                  ) -> go.Figure:
     """Bars of ms per layer, annotated with the K/V slots each way reads."""
+    colors = {"gather": "#9e9ac8", "blocks": "#1f77b4", "contiguous": "#bdbdbd",
+              IN_PLACE: "#2ca02c"}
+    ways = list(r.ms)
     fig = go.Figure(go.Bar(
-        x=list(WAYS), y=[r.ms[w] for w in WAYS],
-        text=[f"{r.ms[w]:.2f} ms<br>{r.slots[w]:,} slots" for w in WAYS],
-        textposition="outside", marker_color=["#9e9ac8", "#1f77b4", "#bdbdbd"]))
+        x=ways, y=[r.ms[w] for w in ways],
+        text=[f"{r.ms[w]:.2f} ms<br>{r.slots[w]:,} slots" for w in ways],
+        textposition="outside", marker_color=[colors[w] for w in ways]))
     mean = sum(r.context_lens) / len(r.context_lens)
     layout(fig, f"{title}: {len(r.context_lens)} sequences, mean {mean:.0f} / longest "
                 f"{max(r.context_lens)} tokens, blocks of {r.block_size}",

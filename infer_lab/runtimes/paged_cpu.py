@@ -54,6 +54,18 @@ def build_flags() -> tuple[str, list[str]]:
     return "infer_lab_paged_cpu_portable", ["-fopenmp-simd"]
 
 
+def built() -> bool:
+    """True when this machine already holds the compiled kernel, so that using it costs
+    no build (labs ask this: a minute of g++ and its memory is not theirs to spend)."""
+    try:
+        from torch.utils.cpp_extension import _get_build_directory
+
+        name, _ = build_flags()
+        return any(Path(_get_build_directory(name, verbose=False)).glob(f"{name}*.so"))
+    except Exception:  # noqa: BLE001 - a private helper of torch: unknown means "no"
+        return False
+
+
 def available() -> bool:
     return extension()[0] is not None
 
