@@ -14,9 +14,11 @@ from .apply import (
 )
 from .awq import AWQLinear, awq_quantize_model
 from .calibrate import calibration_ids
+from .embedding import QuantizedEmbedding
 from .gptq import gptq_quantize_model
 from .int4 import Int4Linear
 from .int8 import Int8Linear
+from .packed import PackedFallback, PackedInt4Linear, PackedInt8Linear
 from .primitives import (
     QTensor,
     bits_per_weight,
@@ -29,7 +31,8 @@ from .primitives import (
 )
 
 __all__ = [
-    "SCHEMES", "AWQLinear", "Int4Linear", "Int8Linear", "QTensor", "Scheme", "Sensitivity",
+    "SCHEMES", "AWQLinear", "Int4Linear", "Int8Linear", "PackedFallback", "PackedInt4Linear",
+    "PackedInt8Linear", "QTensor", "QuantizedEmbedding", "Scheme", "Sensitivity",
     "awq_quantize_model", "bits_per_weight", "calibration_ids", "dequantize",
     "gptq_quantize_model", "is_quantized", "pack_int2", "pack_int4", "quantize",
     "quantize_model", "sensitivity_scan", "unpack_int2", "unpack_int4",

@@ -48,7 +48,7 @@ class Int4Linear(WeightOnlyLinear):
         codes = q.to(torch.int16) + SYMMETRIC_OFFSET if self.symmetric else q
         self.qweight.copy_(pack_int4(codes.to(torch.uint8)))
 
-    def codes(self) -> torch.Tensor:
+    def codes(self, rows: torch.Tensor | None = None) -> torch.Tensor:
         """Unpacked codes (out, in): int8 in -7..7 (symmetric) or uint8 in 0..15."""
-        q = unpack_int4(self.qweight)  # (out, in)
+        q = unpack_int4(self.qweight if rows is None else self.qweight[rows])  # (R, in)
         return (q.to(torch.int8) - SYMMETRIC_OFFSET) if self.symmetric else q

@@ -30,5 +30,5 @@ class Int8Linear(WeightOnlyLinear):
     def _store_codes(self, q: torch.Tensor) -> None:
         self.qweight.copy_(q)
 
-    def codes(self) -> torch.Tensor:
-        return self.qweight
+    def codes(self, rows: torch.Tensor | None = None) -> torch.Tensor:
+        return self.qweight if rows is None else self.qweight[rows]

@@ -53,8 +53,9 @@ class WeightOnlyLinear(nn.Module):
         """Write codes q (out, in), as :func:`~.primitives.quantize` returns them."""
         raise NotImplementedError
 
-    def codes(self) -> torch.Tensor:
-        """The codes (out, in), unpacked: signed when symmetric, else unsigned."""
+    def codes(self, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """The codes (out, in), unpacked: signed when symmetric, else unsigned; only the
+        rows indexed by ``rows`` when given (unpacking just those)."""
         raise NotImplementedError
 
     # -- shared ---------------------------------------------------------------------------
@@ -79,6 +80,16 @@ class WeightOnlyLinear(nn.Module):
     def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         return dequantize_codes(self.codes(), self.scale, self.zero, self.granularity,
                                 self.group_size, dtype)  # (out, in)
+
+    def dequantized_rows(self, rows: torch.Tensor, dtype: torch.dtype = torch.float32
+                         ) -> torch.Tensor:
+        """Rows ``rows`` of the dequantized weight (R, in): what an embedding lookup reads.
+        Rows are independent at every granularity (per tensor, the one scale is shared)."""
+        per_row = self.granularity != "tensor"
+        scale = self.scale[rows] if per_row else self.scale  # (R or 1, n_groups)
+        zero = None if self.zero is None else self.zero[rows] if per_row else self.zero
+        return dequantize_codes(self.codes(rows), scale, zero, self.granularity,
+                                self.group_size, dtype)  # (R, in)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.dequantized_weight(x.dtype), self.bias)
