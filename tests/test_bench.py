@@ -146,9 +146,13 @@ def test_runtimes_quick_builds_every_contender_and_checks_their_tokens(tmp_path)
     serving.write_text(json.dumps({"ratios": {"continuous_vs_static": 3.2}}))
     data = main(["runtimes", "--quick", "--models", "gpt2", "--serving-json", str(serving)])
     rows = data["models"]["gpt2"]["rows"]
-    assert {"eager fp32", "eager bf16", "compiled", "onnxruntime"} <= rows.keys()
+    assert {"eager fp32", "eager bf16", "fused int8", "fused int4", "compiled",
+            "onnxruntime"} <= rows.keys()
+    assert rows["fused int4"]["bytes_per_weight"] < rows["fused int8"]["bytes_per_weight"] < 4
     for name in ("compiled", "onnxruntime"):
         assert rows[name]["tokens_equal_eager_fp32"] == data["models"]["gpt2"]["new_tokens"]
         assert rows[name]["cold_start_s"] > rows["eager fp32"]["cold_start_s"]
     assert all(r["tokens_per_s"] > 0 and 0 < r["roofline_fraction"] for r in rows.values())
-    assert data["ratios"] == {"continuous_vs_static": 3.2}  # code-m, SmolLM2 not run
+    assert data["ratios"].keys() == {"continuous_vs_static", "int8_fused_vs_fp32_gpt2",
+                                     "int4_fused_vs_fp32_gpt2"}  # code-m, SmolLM2 not run
+    assert data["ratios"]["continuous_vs_static"] == 3.2

@@ -7,7 +7,8 @@ greedy, batch 1, the same torch threads, runs alternated and the median kept:
 * compiled — :class:`~infer_lab.runtimes.compiled.CompiledDecoder` (static cache, one
   graph; inductor's C++ on a CPU, CUDA graphs on a GPU);
 * ONNX Runtime — :mod:`infer_lab.runtimes.onnx_export`, ORT owning the KV loop;
-* fused int8 / int4 — weight-only layers that read packed codes (when built);
+* fused int8 / int4 — weight-only layers that multiply packed codes through PyTorch's
+  packed CPU kernels, tied embedding and head quantized too (:mod:`infer_lab.quant.packed`);
 * llama.cpp — SmolLM2's GGUF file through ``llama-cpp-python``, when installed.
 
 Each row: tokens/s, ms/token, the bytes its weights read per token over the measured
@@ -36,7 +37,10 @@ from ..hardware import HardwareSpec, probe, roofline
 from . import format_table, interleaved_times, median
 
 MODELS = ("code-m", "gpt2", "smollm2")
-KINDS = ("eager fp32", "eager bf16", "compiled", "onnxruntime", "llama.cpp")
+# Weight-only layers on PyTorch's packed CPU kernels (quant/packed.py), the tied
+# embedding and head quantized too: the bench's "fused int8" / "fused int4" rows.
+FUSED = {"fused int8": "int8-packed+head", "fused int4": "int4-g64-packed+head"}
+KINDS = ("eager fp32", "eager bf16", *FUSED, "compiled", "onnxruntime", "llama.cpp")
 
 
 @dataclass
@@ -96,6 +100,17 @@ def contenders(name: str, model, prompt: list[int], n: int, loaded_s: float, ski
     if "eager bf16" not in skip:
         bf16, s = _timed(lambda: copy.deepcopy(model).to(torch.bfloat16))
         out["eager bf16"] = Contender(eager(bf16), 2.0, loaded_s + s)
+    for kind, scheme in FUSED.items():
+        if kind in skip:
+            continue
+        from ..hardware import matmul_params
+        from .packed_decode import build, bytes_per_token
+
+        (q, notes), s = _timed(lambda scheme=scheme: build(model, scheme))
+        for note in notes:
+            print(f"{name} {kind}: {note}")
+        per_weight = bytes_per_token(q, 0) / matmul_params(model.config)
+        out[kind] = Contender(eager(q), per_weight, loaded_s + s)
     if "compiled" not in skip:
         from ..runtimes.compiled import CompiledDecoder
 
@@ -167,6 +182,11 @@ def ratios(results: dict[str, dict], serving_json: Path | None) -> dict[str, flo
     for key, (a, b) in pairs.items():
         if a in tps and b in tps:
             out[key] = tps[a] / tps[b]
+    for bits in ("int8", "int4"):
+        for m in ("smollm2", "gpt2", "code-m"):
+            if (m, f"fused {bits}") in tps and (m, "eager fp32") in tps:
+                out[f"{bits}_fused_vs_fp32_{m.replace('-', '_')}"] = (
+                    tps[(m, f"fused {bits}")] / tps[(m, "eager fp32")])
     ours = [v for (m, k), v in tps.items() if m == "smollm2" and k != "llama.cpp"]
     if ours and ("smollm2", "llama.cpp") in tps:
         out["ours_vs_llamacpp_smollm2"] = max(ours) / tps[("smollm2", "llama.cpp")]
