@@ -130,7 +130,7 @@ def test_bad_input_gets_a_clear_error(fn, args, kwargs, match):
 @pytest.mark.parametrize("name", KERNELS)
 def test_cpu_tensors_without_the_interpreter_are_refused(name, monkeypatch):
     mod, _, wrapper, _ = _parts(name)
-    monkeypatch.setattr(mod, "interpreting", lambda: False)
+    monkeypatch.setattr(runtime, "interpreting", lambda: False)  # check_launchable reads it
     case = next(c for c in mod.cases(device="cpu") if all(a.numel() for a in c.args))
     with pytest.raises(ValueError, match="TRITON_INTERPRET=1"):
         wrapper(*case.args, **case.kwargs)

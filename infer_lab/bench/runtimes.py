@@ -62,6 +62,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def load_model(name: str, quick: bool):
     """(model, prompt ids, seconds it took to load)."""
     import infer_lab
+
     from ..config import get_config
     from ..model import Transformer
 
@@ -144,6 +145,8 @@ def contenders(name: str, model, prompt: list[int], n: int, loaded_s: float, ski
 
 def measure(name: str, quick: bool, n: int, repeats: int, skip: list[str], hw: HardwareSpec,
             workdir: Path) -> dict[str, Any]:
+    from .decode import matching_prefix
+
     model, prompt, loaded_s = load_model(name, quick)
     cs = contenders(name, model, prompt, n, loaded_s, skip, workdir)
     outputs: dict[str, list[int]] = {}
@@ -159,18 +162,10 @@ def measure(name: str, quick: bool, n: int, repeats: int, skip: list[str], hw: H
                    "achieved_gbs": r.achieved_bandwidth_gbs(tps),
                    "roofline_fraction": r.achieved(tps),
                    "cold_start_s": c.cold_start_s,
-                   "tokens_equal_eager_fp32": None if ref is None else sum(
-                       1 for _ in iter_prefix(outputs[k], ref))}
+                   "tokens_equal_eager_fp32": None if ref is None else matching_prefix(
+                       outputs[k], ref)}
     return {"model": name, "prompt_tokens": len(prompt), "new_tokens": n, "rows": rows,
             "timings": {f"{name} {k}": v for k, v in times.items()}}
-
-
-def iter_prefix(a: list[int], b: list[int]):
-    """The tokens of a's longest common prefix with b."""
-    for x, y in zip(a, b):
-        if x != y:
-            return
-        yield x
 
 
 def ratios(results: dict[str, dict], serving_json: Path | None) -> dict[str, float]:

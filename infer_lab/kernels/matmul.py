@@ -23,7 +23,7 @@ import torch
 
 from .check import Case, Report, compare, device_or_default, generator, tolerance
 from .measure import timed_rows
-from .runtime import backend, interpreting, jit, tl, triton
+from .runtime import backend, check_launchable, jit, tl, triton
 from .vector_add import poisoned
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -88,14 +88,7 @@ def _check(a: torch.Tensor, b: torch.Tensor) -> None:
         raise ValueError(f"matmul supports {', '.join(map(str, DTYPES))}, not {a.dtype}")
     if a.device != b.device:
         raise ValueError(f"A is on {a.device}, B on {b.device}")
-    if a.device.type == "cpu":
-        if not interpreting():
-            raise ValueError("a Triton kernel on CPU tensors needs its interpreter: set "
-                             "TRITON_INTERPRET=1 before importing triton, or use a GPU")
-        if a.dtype == torch.bfloat16:
-            # Interpreter limit: numpy has no bfloat16 for tl.dot (triton 3.9).
-            raise ValueError("Triton's interpreter has no bfloat16 arithmetic: check "
-                             "float32/float16 here, bfloat16 on a GPU")
+    check_launchable(a)
 
 
 def matmul_triton(a: torch.Tensor, b: torch.Tensor, *, kernel=None) -> torch.Tensor:

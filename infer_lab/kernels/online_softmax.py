@@ -30,7 +30,7 @@ import torch
 
 from .check import Case, Report, compare, device_or_default, generator, tolerance
 from .measure import timed_rows
-from .runtime import backend, interpreting, jit, tl
+from .runtime import backend, check_launchable, jit, tl
 from .softmax import softmax_reference
 from .vector_add import poisoned
 
@@ -93,14 +93,7 @@ def _check(x: torch.Tensor, block: int) -> None:
     if x.stride(-1) != 1:
         raise ValueError("the kernel reads each row as one contiguous run: the last "
                          f"dimension must have stride 1, got strides {x.stride()}")
-    if x.device.type == "cpu":
-        if not interpreting():
-            raise ValueError("a Triton kernel on CPU tensors needs its interpreter: set "
-                             "TRITON_INTERPRET=1 before importing triton, or use a GPU")
-        if x.dtype == torch.bfloat16:
-            # Interpreter limit: numpy has no bfloat16; casts to bf16 truncate (triton 3.9).
-            raise ValueError("Triton's interpreter has no bfloat16 arithmetic: check "
-                             "float32/float16 here, bfloat16 on a GPU")
+    check_launchable(x)
 
 
 def guarded_rows(n_rows: int, n_cols: int, pad: int, dtype: torch.dtype,

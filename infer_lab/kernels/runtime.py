@@ -85,3 +85,17 @@ def backend(*tensors: torch.Tensor) -> Backend:
 
 def uses_triton(*tensors: torch.Tensor) -> bool:
     return backend(*tensors) != "reference"
+
+
+def check_launchable(x: torch.Tensor) -> None:
+    """Refuse a Triton launch on ``x`` that cannot run: CPU tensors without the interpreter,
+    or bfloat16 under it (numpy has no bfloat16: a bf16 add came back NaN and casts to bf16
+    truncate, triton 3.9; bf16 is checked on a GPU only)."""
+    if x.device.type != "cpu":
+        return
+    if not interpreting():
+        raise ValueError("a Triton kernel on CPU tensors needs its interpreter: set "
+                         "TRITON_INTERPRET=1 before importing triton, or use a GPU")
+    if x.dtype == torch.bfloat16:
+        raise ValueError("Triton's interpreter has no bfloat16 arithmetic: check "
+                         "float32/float16 here, bfloat16 on a GPU")

@@ -22,7 +22,7 @@ import torch
 
 from .check import Case, Report, compare, device_or_default, generator, tolerance
 from .measure import timed_rows
-from .runtime import backend, interpreting, jit, tl, triton
+from .runtime import backend, check_launchable, jit, tl, triton
 
 MAX_COLS = 65536  # one row per program: beyond this the row no longer fits in registers
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -56,14 +56,7 @@ def _check(x: torch.Tensor) -> None:
         raise ValueError(f"rows of {x.shape[-1]} columns do not fit one block (at most "
                          f"{MAX_COLS}): use softmax_reference, or an online softmax that "
                          f"loops over blocks")
-    if x.device.type == "cpu":
-        if not interpreting():
-            raise ValueError("a Triton kernel on CPU tensors needs its interpreter: set "
-                             "TRITON_INTERPRET=1 before importing triton, or use a GPU")
-        if x.dtype == torch.bfloat16:
-            # Interpreter limit: numpy has no bfloat16; casts to bf16 truncate (triton 3.9).
-            raise ValueError("Triton's interpreter has no bfloat16 arithmetic: check "
-                             "float32/float16 here, bfloat16 on a GPU")
+    check_launchable(x)
 
 
 def _rows(x: torch.Tensor) -> torch.Tensor:

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from .check import Case, Report, compare, device_or_default, generator, tolerance
 from .measure import timed_rows
-from .runtime import backend, interpreting, jit, tl, triton
+from .runtime import backend, check_launchable, jit, tl, triton
 
 BLOCK = 1024  # elements per program: cases put tails of 1 to 3 past multiples of it
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -55,14 +55,7 @@ def _check(a: torch.Tensor, b: torch.Tensor) -> None:
         raise ValueError("swiglu indexes memory as one flat run: pass contiguous tensors "
                          "(a gate and up projection split from one fused matmul are views: "
                          ".contiguous() them)")
-    if a.device.type == "cpu":
-        if not interpreting():
-            raise ValueError("a Triton kernel on CPU tensors needs its interpreter: set "
-                             "TRITON_INTERPRET=1 before importing triton, or use a GPU")
-        if a.dtype == torch.bfloat16:
-            # Interpreter limit: numpy has no bfloat16; casts to bf16 truncate (triton 3.9).
-            raise ValueError("Triton's interpreter has no bfloat16 arithmetic: check "
-                             "float32/float16 here, bfloat16 on a GPU")
+    check_launchable(a)
 
 
 def swiglu_triton(a: torch.Tensor, b: torch.Tensor, *, kernel=None) -> torch.Tensor:

@@ -23,7 +23,7 @@ import torch
 
 from .check import Case, Report, compare, device_or_default, generator, tolerance
 from .measure import timed_rows
-from .runtime import backend, interpreting, jit, tl, triton
+from .runtime import backend, check_launchable, jit, tl, triton
 
 BLOCK = 1024  # elements per program: cases put tails of 1 to 3 elements past multiples of it
 _GUARD_BYTE = 0xA5  # fills the guard band; a store that lands there changes it
@@ -59,15 +59,7 @@ def _check(x: torch.Tensor, y: torch.Tensor, block: int) -> None:
                          "tensors (.contiguous())")
     if block < 1 or block & (block - 1):
         raise ValueError(f"block must be a power of two (tl.arange needs one), got {block}")
-    if x.device.type == "cpu":
-        if not interpreting():
-            raise ValueError("a Triton kernel on CPU tensors needs its interpreter: set "
-                             "TRITON_INTERPRET=1 before importing triton, or use a GPU")
-        if x.dtype == torch.bfloat16:
-            # Interpreter limit: numpy has no bfloat16, a bf16 add came back NaN and casts to
-            # bf16 truncate (triton 3.9). bf16 is checked on a GPU only.
-            raise ValueError("Triton's interpreter has no bfloat16 arithmetic: check "
-                             "float32/float16 here, bfloat16 on a GPU")
+    check_launchable(x)
 
 
 def vector_add_triton(x: torch.Tensor, y: torch.Tensor, *, block: int = BLOCK,

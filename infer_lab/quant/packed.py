@@ -68,13 +68,28 @@ def _check_cpu(layer: nn.Module) -> str | None:
     return None if dev.type == "cpu" else f"on {dev}: these are CPU kernels"
 
 
-def _refuse_move(module: nn.Module, fn) -> None:
-    if fn(torch.zeros(())).device.type != "cpu":
-        raise RuntimeError(f"{type(module).__name__} holds a CPU kernel's layout and cannot "
-                           "move off the CPU; quantize with the unfused scheme on that device")
+class _PackedLinear(nn.Module):
+    """What both packed layers share: the whole weight is its rows, and the packed
+    buffers never leave the CPU (their layout is a CPU kernel's)."""
+
+    out_features: int
+
+    def dequantized_rows(self, rows: torch.Tensor, dtype: torch.dtype = torch.float32
+                         ) -> torch.Tensor:
+        raise NotImplementedError
+
+    def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return self.dequantized_rows(torch.arange(self.out_features), dtype)  # (N, K)
+
+    def _apply(self, fn, recurse=True):
+        if fn(torch.zeros(())).device.type != "cpu":
+            raise RuntimeError(f"{type(self).__name__} holds a CPU kernel's layout and cannot "
+                               "move off the CPU; quantize with the unfused scheme on that "
+                               "device")
+        return super()._apply(fn, recurse)
 
 
-class PackedInt8Linear(nn.Module):
+class PackedInt8Linear(_PackedLinear):
     """int8 per-channel weight-only linear through ``aten._weight_int8pack_mm``."""
 
     bits = 8
@@ -142,13 +157,6 @@ class PackedInt8Linear(nn.Module):
         """Rows of W ~ s * q (R, K): what an embedding lookup tied to this layer reads."""
         return (self.qweight[rows].float() * self.scale[rows, None].float()).to(dtype)
 
-    def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        return self.dequantized_rows(torch.arange(self.out_features), dtype)  # (N, K)
-
-    def _apply(self, fn, recurse=True):
-        _refuse_move(self, fn)
-        return super()._apply(fn, recurse)
-
     def extra_repr(self) -> str:
         return (f"{self.in_features}, {self.out_features}, int8 packed per channel, "
                 f"compute={self.compute_dtype}")
@@ -169,7 +177,7 @@ def decode_int4_rows(packed: torch.Tensor, rows: torch.Tensor, k: int) -> torch.
     return (byte >> (4 * (j >= 32)).to(torch.uint8)[:, None]) & 0x0F  # (R, K)
 
 
-class PackedInt4Linear(nn.Module):
+class PackedInt4Linear(_PackedLinear):
     """int4 group-wise weight-only linear through ``aten._weight_int4pack_mm_for_cpu``."""
 
     bits = 4
@@ -256,13 +264,6 @@ class PackedInt4Linear(nn.Module):
         q = self.codes(rows).float()  # (R, K)
         sz = self.scales_and_zeros[:, rows].float().repeat_interleave(self.group_size, 0)
         return ((q - 8) * sz[..., 0].T + sz[..., 1].T).to(dtype)  # (R, K)
-
-    def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        return self.dequantized_rows(torch.arange(self.out_features), dtype)  # (N, K)
-
-    def _apply(self, fn, recurse=True):
-        _refuse_move(self, fn)
-        return super()._apply(fn, recurse)
 
     def extra_repr(self) -> str:
         return (f"{self.in_features}, {self.out_features}, int4 packed, kernel "
