@@ -172,13 +172,16 @@ class Scale:
 # the zoo's cache-sized models cannot; ci keeps the zoo so that the test suite stays fast.
 # Lab 06's load sweeps stay on code-m at laptop scale: on SmolLM2 they take ~20x longer.
 REAL = "smollm2-135m"
-CI_SCHEMES = ("fp32", "int8", "int8 dynamic (fbgemm)", "q8_0", "int4-channel", "int4-g64",
-              "gptq int4-g64", "awq int4-g64", "q4_k_m")
+CI_SCHEMES = ("fp32", "int8", "int8-packed+head", "int8 dynamic (fbgemm)", "q8_0",
+              "int4-channel", "int4-g64", "int4-g64-packed+head", "gptq int4-g64",
+              "awq int4-g64", "q4_k_m")
 # Distillation lr: the zoo's for code-s, since lab 04's students start from random weights.
 # On SmolLM2 each scheme of lab 02's explorer costs 15-60 s here (build, perplexity, decode
-# timed beside fp32): the laptop scale measures these ten (under 5 min); gpu measures the
-# whole catalog, and `explorer.measure_schemes(...)` adds any other.
-LAPTOP_SCHEMES = (*CI_SCHEMES, "bnb nf4")
+# timed beside fp32): the laptop scale measures these fourteen (about 6 min); gpu measures
+# the whole catalog, and `explorer.measure_schemes(...)` adds any other. The fused
+# ("-packed") rows are the ones whose decode beats fp32 on a CPU; laptop shows them with and
+# without the quantized head (the head is half of SmolLM2's bytes).
+LAPTOP_SCHEMES = (*CI_SCHEMES, "int8-packed", "int4-g64-packed", "bnb nf4")
 SCALES: dict[str, Scale] = {
     "ci": Scale(
         "ci", max_new_tokens=24, repeats=2, warmup=1, n_requests=12,

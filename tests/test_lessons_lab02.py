@@ -10,6 +10,8 @@ from infer_lab.lessons import lab02_quantization as explore  # the Pareto explor
 from infer_lab.lessons import lab02_quantization_explain as explain
 from infer_lab.lessons import lab02_quantization_storage as storage
 from infer_lab.quant.catalog import eligible, stored_bytes
+from infer_lab.quant.int8 import Int8Linear
+from infer_lab.quant.packed import pack_layer
 from infer_lab.quant.primitives import pack_int4, quantize
 from infer_lab.scale import QuantizationSizes
 
@@ -161,6 +163,11 @@ def test_time_linear_and_bytes_moved():
     moved = storage.bytes_moved(64, 128)
     assert set(t[1]) <= set(moved)
     assert moved["Int8Linear (dequantize, fp32 matmul)"] > moved["fp32"]
+    # the fused rows read the codes and scales only: about a quarter / an eighth of fp32
+    # bytes; they run wherever the packed kernels take the layer
+    assert moved[storage.FUSED_INT4] < moved[storage.FUSED_INT8] < moved["fp32"] / 3
+    if pack_layer(Int8Linear.from_linear(torch.nn.Linear(64, 128)))[1] is None:
+        assert {storage.FUSED_INT8, storage.FUSED_INT4} <= set(t[1])
 
 
 def test_exercise_references_match_the_package():

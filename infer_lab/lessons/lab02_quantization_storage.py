@@ -4,10 +4,11 @@
   for 32 weights) and one Q4_K super-block (144 bytes for 256 weights), byte by byte.
 * KV-cache quantization (KIVI, Liu et al. 2024): bytes the cache holds and how many
   greedy tokens still agree with the unquantized cache.
-* Speed: one linear layer timed in fp32, dequantize-then-multiply and fbgemm int8.
-  Dequantizing layers read the codes, write an fp32 W, then read it for the matmul, so
-  they move more bytes than fp32 itself; a kernel that multiplies int8 directly reads
-  1 byte per weight and is the path that gets faster.
+* Speed: one linear layer timed in fp32, dequantize-then-multiply, the same codes through
+  PyTorch's packed CPU kernels (the fused path, :mod:`infer_lab.quant.packed`) and fbgemm
+  int8. Dequantizing layers read the codes, write an fp32 W, then read it for the matmul,
+  so they move more bytes than fp32 itself; a kernel that multiplies the codes directly
+  reads 1 byte (int8) or half a byte (int4) per weight and is the path that gets faster.
 """
 
 from __future__ import annotations
@@ -110,22 +111,33 @@ def key_magnitude_figure(cache, layer: int = 0, head: int = 0) -> go.Figure:
 
 
 # -- one linear layer, timed -------------------------------------------------------------
+FUSED_INT8 = "int8 fused (packed kernel, reads the codes)"
+FUSED_INT4 = "int4 g64 fused (packed kernel, reads the codes)"
+
+
 def time_linear(in_features: int = 768, out_features: int = 3072, batches: Sequence[int] = (1,),
                 repeats: int = 20, seed: int = 0) -> dict[int, dict[str, float]]:
     """Median ms per call of one linear layer (GPT-2's MLP up-projection by default) in
-    fp32, as our dequantize-then-multiply Int8Linear / Int4Linear, and as PyTorch's
-    dynamic int8 (fbgemm's int8 GEMM), for each batch of token rows."""
+    fp32, as our dequantize-then-multiply Int8Linear / Int4Linear, as the same codes fused
+    into PyTorch's packed weight-only kernels (PackedInt8Linear / PackedInt4Linear), and as
+    PyTorch's dynamic int8 (fbgemm's int8 GEMM), for each batch of token rows."""
     from ..bench import interleaved_times
     from ..quant.catalog import Unavailable, dynamic_int8
     from ..quant.int4 import Int4Linear
     from ..quant.int8 import Int8Linear
+    from ..quant.packed import pack_layer
 
     torch.manual_seed(seed)
     lin = nn.Linear(in_features, out_features).eval()
+    int8, int4 = Int8Linear.from_linear(lin), Int4Linear.from_linear(lin, "group", 64)
     layers: dict[str, nn.Module] = {
         "fp32": lin,
-        "Int8Linear (dequantize, fp32 matmul)": Int8Linear.from_linear(lin),
-        "Int4Linear g64 (dequantize, fp32 matmul)": Int4Linear.from_linear(lin, "group", 64)}
+        "Int8Linear (dequantize, fp32 matmul)": int8,
+        "Int4Linear g64 (dequantize, fp32 matmul)": int4}
+    for key, layer in ((FUSED_INT8, int8), (FUSED_INT4, int4)):
+        fused, why = pack_layer(layer)
+        if why is None:  # a shape or CPU the packed kernels cannot take: no fused row
+            layers[key] = fused
     try:
         layers["int8 dynamic (fbgemm int8 GEMM)"] = dynamic_int8(nn.Sequential(lin), {})
     except Unavailable:
@@ -142,8 +154,11 @@ def time_linear(in_features: int = 768, out_features: int = 3072, batches: Seque
 
 def bytes_moved(in_features: int = 768, out_features: int = 3072) -> dict[str, int]:
     """Weight bytes each path reads or writes per call (activations are tiny at batch 1):
-    the dequantizing layers read the codes, write an fp32 W, then read it for the matmul."""
+    the dequantizing layers read the codes, write an fp32 W, then read it for the matmul;
+    the fused ones read the codes and their scales only (int4: a bf16 scale and zero per
+    group of 64, int8: an fp16 scale per output row)."""
     n = in_features * out_features
     return {"fp32": 4 * n, "Int8Linear (dequantize, fp32 matmul)": n + 4 * n + 4 * n,
             "Int4Linear g64 (dequantize, fp32 matmul)": n // 2 + 4 * n + 4 * n,
+            FUSED_INT8: n + 2 * out_features, FUSED_INT4: n // 2 + 4 * (n // 64),
             "int8 dynamic (fbgemm int8 GEMM)": n}

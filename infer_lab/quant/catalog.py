@@ -8,7 +8,11 @@ quantized copy of a model by scheme name; :func:`stored_bytes` and
 (``python -m infer_lab.bench quant``) and lab 02's Pareto explorer both read from here,
 so the two always compare the same things.
 
-The tied ``lm_head`` stays in fp32 everywhere (a quantized copy would add bytes).
+The tied ``lm_head`` stays in fp32 (a quantized copy would add bytes), except in the
+``+head`` schemes, which quantize the tied table once for both its uses. The ``-packed``
+schemes are the same codes multiplied by PyTorch's packed CPU kernels
+(:mod:`.packed`): the fused path whose decode is faster than fp32, where the plain
+``int8`` / ``int4-g64`` layers dequantize a whole fp32 weight per call.
 GPTQ and AWQ need calibration token ids in ``ctx["calib_ids"]``.
 """
 
@@ -188,6 +192,8 @@ METHODS: list[Method] = [
     Method("fp32", lambda m, ctx: m),
     Method("int8", rtn("int8"), int8=True),
     Method("int8-tensor", rtn("int8-tensor"), int8=True),
+    Method("int8-packed", rtn("int8-packed"), int8=True),
+    Method("int8-packed+head", rtn("int8-packed+head"), int8=True),
     Method("int8 dynamic (fbgemm)", dynamic_int8, int8=True),
     Method("bnb int8 (LLM.int8)", bnb_int8, int8=True),
     Method("q8_0", gguf("q8_0"), int8=True),
@@ -195,6 +201,8 @@ METHODS: list[Method] = [
     Method("int4-channel", rtn("int4-channel")),
     Method("int4-g128", rtn("int4-g128")),
     Method("int4-g64", rtn("int4-g64")),
+    Method("int4-g64-packed", rtn("int4-g64-packed")),
+    Method("int4-g64-packed+head", rtn("int4-g64-packed+head")),
     Method("int4-g32", rtn("int4-g32")),
     Method("int4-g64-asym", rtn("int4-g64-asym")),
     Method("gptq int4-g64", calibrated(gptq_quantize_model)),
