@@ -11,7 +11,7 @@ so the same notebook runs in CI in seconds and on a GPU at full size. Sizes ever
 uses are fields of :class:`Scale`; each lab from 02 on has its own group of sizes, one
 field of :class:`Scale` (``scale.quantization`` for lab 02, ``scale.pruning`` for 03,
 ``scale.distillation`` for 04, ``scale.speculative`` for 05, ``scale.serving`` for 06,
-``scale.kernels`` for 07).
+``scale.kernels`` for 07, ``scale.runtimes`` for 08).
 This file is the only place those numbers are written.
 """
 
@@ -140,6 +140,22 @@ class KernelsSizes(LabSizes):
 
 
 @dataclass(frozen=True)
+class RuntimesSizes(LabSizes):
+    """Lab 08 (compiled runtimes, fused CPU paths). Compiling is the slow part on a CPU
+    (inductor builds C++: seconds for code-s, minutes for SmolLM2 with a cold cache), so the
+    compiled model stays small and the lab compiles few graphs."""
+
+    model: str  # the zoo model run eager, compiled, in ONNX Runtime and fused int8/int4
+    new_tokens: int  # greedy tokens per timed decode
+    repeats: int  # timed decodes per runtime (median), runs alternated
+    real_model: str | None  # the GGUF model llama.cpp runs beside our fused int4; None: skip
+    real_tokens: int  # greedy tokens per timed decode on it
+    dequant_shape: tuple[int, int]  # (N, K) of the int8 weight the compiled dequant-matmul reads
+    recompile_lengths: tuple[int, ...]  # sequence lengths fed to a function compiled static
+    profile_steps: int  # decode steps each profile covers
+
+
+@dataclass(frozen=True)
 class Scale:
     """Per-scale sizes of the labs' experiments."""
 
@@ -159,6 +175,7 @@ class Scale:
     speculative: SpeculativeSizes
     serving: ServingSizes
     kernels: KernelsSizes
+    runtimes: RuntimesSizes
     model: str  # lab 00's model: the zoo's code-m, or the real smollm2-135m
 
     def __str__(self) -> str:
@@ -197,6 +214,7 @@ SCALES: dict[str, Scale] = {
         kernels=KernelsSizes(10_000, 128, 32, 64, (48, 40, 36), (5, 11, 18), 4, (256, 1024),
                              (256, 256, 256), (1, 8, 4, 256, 32), (4, 8, 4, 512, 32),
                              (1, 1024, 1024), 3),
+        runtimes=RuntimesSizes("code-s", 16, 2, None, 8, (256, 512), (4, 8, 12), 3),
         model="code-m"),
     "laptop": Scale(
         "laptop", max_new_tokens=64, repeats=5, warmup=2, n_requests=40,
@@ -214,6 +232,7 @@ SCALES: dict[str, Scale] = {
         kernels=KernelsSizes(100_000, 512, 64, 128, (70, 66, 50), (9, 37, 64, 100), 8,
                              (2048, 4096), (1024, 1024, 1024), (1, 8, 4, 1024, 32),
                              (8, 8, 4, 2048, 32), (1, 4096, 4096), 5),
+        runtimes=RuntimesSizes("code-m", 64, 3, REAL, 32, (1024, 1024), (4, 8, 16, 32), 8),
         model=REAL),
     "gpu": Scale(
         "gpu", max_new_tokens=128, repeats=10, warmup=3, n_requests=100,
@@ -231,6 +250,8 @@ SCALES: dict[str, Scale] = {
         kernels=KernelsSizes(1 << 24, 1000, 256, 1000, (100, 96, 80), (100, 517, 300, 33),
                              16, (16384, 8192), (8192, 8192, 8192), (4, 32, 8, 4096, 128),
                              (32, 32, 8, 4096, 128), (1, 8192, 8192), 20),
+        runtimes=RuntimesSizes("code-m", 128, 5, REAL, 64, (4096, 4096), (4, 8, 16, 32, 64),
+                               16),
         model=REAL),
 }
 CHOICES = (*SCALES, "auto")

@@ -19,6 +19,7 @@ DISTILLATION = "04_distillation"
 SPECULATIVE = "05_speculative_decoding"
 SERVING = "06_serving"
 KERNELS = "07_kernels"
+RUNTIMES = "08_runtimes"
 
 # {lab id (the notebook's name): its exercises, in the order the lab presents them}
 LABS: dict[str, tuple[str, ...]] = {
@@ -30,6 +31,7 @@ LABS: dict[str, tuple[str, ...]] = {
     SPECULATIVE: ("accept_or_resample", "expected_tokens_per_call", "speculative_speedup"),
     SERVING: ("block_tables", "schedule_step"),
     KERNELS: ("softmax_kernel", "online_softmax_kernel", "int4_gemv_kernel"),
+    RUNTIMES: ("roofline_tokens_per_s", "op_kind", "break_even_tokens"),
 }
 
 

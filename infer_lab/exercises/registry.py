@@ -14,6 +14,7 @@ from . import (
     kv_cache,
     pruning,
     quantization,
+    runtimes,
     serving,
     speculative,
     welcome,
@@ -23,7 +24,7 @@ from .progress import lab_progress
 
 # One module per lab, in lab order; each has LAB (the notebook's name) and EXERCISES.
 LAB_MODULES = (welcome, kv_cache, quantization, pruning, distillation, speculative, serving,
-               kernels)
+               kernels, runtimes)
 EXERCISES: dict[str, Exercise] = {e.name: e for m in LAB_MODULES for e in m.EXERCISES}
 # The torch-free catalogue (what the JupyterLab extension counts) must say the same.
 catalog.check_registry({m.LAB: [e.name for e in m.EXERCISES] for m in LAB_MODULES})

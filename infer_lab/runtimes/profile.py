@@ -35,9 +35,9 @@ import torch
 KINDS = ("matmul", "attention", "norm", "rope", "elementwise", "copy/cast", "view/alloc",
          "embedding", "other")
 
-# Exact op names (the part after "aten::"), per kind. Ordered checks in op_kind come first
-# for the few that need a prefix rule.
-_NAMES: dict[str, frozenset[str]] = {
+# Exact op names (the part after "aten::"), per kind; op_kind checks two prefix rules first
+# (kernel families whose names carry a suffix per backend).
+OP_NAMES: dict[str, frozenset[str]] = {
     "matmul": frozenset({"mm", "addmm", "bmm", "baddbmm", "addbmm", "matmul", "linear", "mv",
                          "addmv", "dot", "_weight_int8pack_mm", "_weight_int4pack_mm",
                          "_weight_int4pack_mm_for_cpu", "_int_mm", "_addmm_activation",
@@ -85,7 +85,7 @@ def op_kind(op_name: str) -> str:
         return "attention"
     if name.startswith("_weight_int4pack_mm"):
         return "matmul"
-    for kind, names in _NAMES.items():
+    for kind, names in OP_NAMES.items():
         if name in names:
             return kind
     return "other"
