@@ -14,6 +14,7 @@ from infer_lab.generate import generate
 from infer_lab.kv_cache import KVCache
 from infer_lab.model import Transformer
 from infer_lab.runtimes.compiled import CompiledDecoder, break_even_tokens
+from infer_lab.runtimes.gemv import ReductionLinear, reduction_linears
 from infer_lab.runtimes.static_cache import StaticKVCache
 
 
@@ -72,6 +73,52 @@ def test_bad_requests_are_refused(compiled):
         dec.generate([[1, 2]], 3)
     with pytest.raises(ValueError, match="do not fit the static cache of 24"):
         dec.generate([[1] * 10, [2]], 20)
+
+
+def test_reduction_linear_equals_linear():
+    """Eagerly it is F.linear itself; compiled, its one-token product is the same numbers
+    (a different summation order: fp32 rounding only); several rows keep the GEMM."""
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(48, 80)
+    red = ReductionLinear(lin)
+    assert red.weight is lin.weight and red.bias is lin.bias
+    x1, x3 = torch.randn(1, 1, 48), torch.randn(3, 1, 48)
+    with torch.no_grad():
+        assert torch.equal(red(x1), lin(x1)) and torch.equal(red(x3), lin(x3))
+        fn = torch.compile(red, fullgraph=True, dynamic=False)
+        torch.testing.assert_close(fn(x1), lin(x1), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(fn(x3), lin(x3), rtol=1e-5, atol=1e-5)
+
+
+def test_batch_one_decodes_through_reductions():
+    model = small_model(2)
+    dec = CompiledDecoder(model, batch=1, max_len=20)
+    assert dec.reductions  # the CPU, batch-1 default
+    swapped = [n for n, m in dec._model.named_modules() if isinstance(m, ReductionLinear)]
+    assert "lm_head" in swapped and len(swapped) == 1 + 5 * 2  # head + 5 linears per block
+    assert dec._model.lm_head.weight is model.tok_emb.weight  # still tied, nothing copied
+    assert not any(isinstance(m, ReductionLinear) for m in model.modules())  # untouched
+    prompt = [[3, 1, 4, 1, 5, 9]]
+    assert dec.generate(prompt, 12) == generate(model, prompt, 12, eos_id=None)
+    assert dec.compiled and dec.graphs == 1
+    assert not CompiledDecoder(model, batch=2, max_len=20).reductions
+    assert type(reduction_linears(model).layers[0].attn.wqkv) is ReductionLinear
+
+
+def test_a_fused_int8_model_compiles_to_its_eager_tokens():
+    """The packed kernels and the quantized tied table inside one graph (the table's id
+    check, a host sync, stays outside compiled code)."""
+    from infer_lab.quant.apply import quantize_model
+    from infer_lab.quant.embedding import QuantizedEmbedding
+    from infer_lab.surgery import shared_copy
+
+    q = quantize_model(shared_copy(small_model()), "int8-packed+head")
+    assert isinstance(q.tok_emb, QuantizedEmbedding)
+    dec = CompiledDecoder(q, batch=1, max_len=16)
+    assert dec.generate([[5, 4, 3]], 8) == generate(q, [[5, 4, 3]], 8, eos_id=None)
+    assert dec.compiled and dec.graphs == 1
+    with pytest.raises(IndexError, match="token ids must lie in"):
+        q(torch.tensor([[300]]))  # eagerly, a bad id is still refused
 
 
 def test_a_backend_that_cannot_build_falls_back_to_eager(monkeypatch):

@@ -49,7 +49,9 @@ class QuantizedEmbedding(nn.Module):
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         flat = idx.reshape(-1)  # (B*T,)
-        if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= self.num_embeddings):
+        # A host sync, so not inside a compiled graph (whose ids are the sampler's own).
+        if flat.numel() and not torch.compiler.is_compiling() and (
+                int(flat.min()) < 0 or int(flat.max()) >= self.num_embeddings):
             raise IndexError(f"token ids must lie in 0..{self.num_embeddings - 1}")
         x = self.source.dequantized_rows(flat, self.dtype)  # (B*T, C)
         return x.reshape(*idx.shape, self.embedding_dim)  # (B, T, C)
