@@ -9,6 +9,8 @@ greedy, batch 1, the same torch threads, runs alternated and the median kept:
 * ONNX Runtime — :mod:`infer_lab.runtimes.onnx_export`, ORT owning the KV loop;
 * fused int8 / int4 — weight-only layers that multiply packed codes through PyTorch's
   packed CPU kernels, tied embedding and head quantized too (:mod:`infer_lab.quant.packed`);
+* compiled int4 — the fused int4 model's decode step compiled (the packed kernel stays a
+  library call; the compiler fuses what lies between: norms, RoPE, attention, casts);
 * llama.cpp — SmolLM2's GGUF file through ``llama-cpp-python``, when installed.
 
 Each row: tokens/s, ms/token, the bytes its weights read per token over the measured
@@ -40,7 +42,10 @@ MODELS = ("code-m", "gpt2", "smollm2")
 # Weight-only layers on PyTorch's packed CPU kernels (quant/packed.py), the tied
 # embedding and head quantized too: the bench's "fused int8" / "fused int4" rows.
 FUSED = {"fused int8": "int8-packed+head", "fused int4": "int4-g64-packed+head"}
-KINDS = ("eager fp32", "eager bf16", *FUSED, "compiled", "onnxruntime", "llama.cpp")
+# A compiled row must give the greedy tokens of the eager model it compiled.
+EAGER_TWIN = {"compiled": "eager fp32", "compiled int4": "fused int4"}
+KINDS = ("eager fp32", "eager bf16", *FUSED, "compiled", "compiled int4", "onnxruntime",
+         "llama.cpp")
 
 
 @dataclass
@@ -96,6 +101,16 @@ def contenders(name: str, model, prompt: list[int], n: int, loaded_s: float, ski
     """Every contender for one model; each one's cold start is measured as it is built."""
     out: dict[str, Contender] = {}
     eager = lambda m: (lambda: generate(m, [prompt], n, eos_id=None)[0])
+
+    def compiled(kind: str, m, per_weight: float, built_s: float) -> Contender:
+        from ..runtimes.compiled import CompiledDecoder
+
+        dec = CompiledDecoder(m, 1, len(prompt) + n)
+        _, s = _timed(lambda: dec.generate([prompt], n))  # the first call compiles
+        note = "" if dec.compiled else f" (fell back to eager: {dec.fallback_reason})"
+        print(f"{name} {kind}: {s:.1f} s cold, {dec.graphs} graph(s){note}")
+        return Contender(lambda: dec.generate([prompt], n)[0], per_weight, built_s + s)
+
     if "eager fp32" not in skip:
         out["eager fp32"] = Contender(eager(model), 4.0, loaded_s)
     if "eager bf16" not in skip:
@@ -112,14 +127,10 @@ def contenders(name: str, model, prompt: list[int], n: int, loaded_s: float, ski
             print(f"{name} {kind}: {note}")
         per_weight = bytes_per_token(q, 0) / matmul_params(model.config)
         out[kind] = Contender(eager(q), per_weight, loaded_s + s)
+        if kind == "fused int4" and "compiled int4" not in skip:
+            out["compiled int4"] = compiled("compiled int4", q, per_weight, loaded_s + s)
     if "compiled" not in skip:
-        from ..runtimes.compiled import CompiledDecoder
-
-        dec = CompiledDecoder(model, 1, len(prompt) + n)
-        _, s = _timed(lambda: dec.generate([prompt], n))  # the first call compiles
-        note = "" if dec.compiled else f" (fell back to eager: {dec.fallback_reason})"
-        print(f"{name} compiled: {s:.1f} s cold, {dec.graphs} graph(s){note}")
-        out["compiled"] = Contender(lambda: dec.generate([prompt], n)[0], 4.0, loaded_s + s)
+        out["compiled"] = compiled("compiled", model, 4.0, loaded_s)
     if "onnxruntime" not in skip:
         from ..runtimes.onnx_export import OrtDecoder, export
 
@@ -164,6 +175,9 @@ def measure(name: str, quick: bool, n: int, repeats: int, skip: list[str], hw: H
                    "cold_start_s": c.cold_start_s,
                    "tokens_equal_eager_fp32": None if ref is None else matching_prefix(
                        outputs[k], ref)}
+        if EAGER_TWIN.get(k) in outputs:
+            rows[k]["tokens_equal_eager_twin"] = matching_prefix(outputs[k],
+                                                                 outputs[EAGER_TWIN[k]])
     return {"model": name, "prompt_tokens": len(prompt), "new_tokens": n, "rows": rows,
             "timings": {f"{name} {k}": v for k, v in times.items()}}
 
@@ -182,6 +196,9 @@ def ratios(results: dict[str, dict], serving_json: Path | None) -> dict[str, flo
             if (m, f"fused {bits}") in tps and (m, "eager fp32") in tps:
                 out[f"{bits}_fused_vs_fp32_{m.replace('-', '_')}"] = (
                     tps[(m, f"fused {bits}")] / tps[(m, "eager fp32")])
+    if ("smollm2", "compiled int4") in tps:
+        out["compiled_int4_vs_fp32_smollm2"] = (tps[("smollm2", "compiled int4")]
+                                                / tps[("smollm2", "eager fp32")])
     ours = [v for (m, k), v in tps.items() if m == "smollm2" and k != "llama.cpp"]
     if ours and ("smollm2", "llama.cpp") in tps:
         out["ours_vs_llamacpp_smollm2"] = max(ours) / tps[("smollm2", "llama.cpp")]
