@@ -147,11 +147,14 @@ def test_runtimes_quick_builds_every_contender_and_checks_their_tokens(tmp_path)
     data = main(["runtimes", "--quick", "--models", "gpt2", "--serving-json", str(serving)])
     rows = data["models"]["gpt2"]["rows"]
     assert {"eager fp32", "eager bf16", "fused int8", "fused int4", "compiled",
-            "compiled int4", "onnxruntime"} <= rows.keys()
+            "compiled int4", "aot package", "onnxruntime"} <= rows.keys()
     n = data["models"]["gpt2"]["new_tokens"]
     # each compiled row gives the tokens of the eager model it compiled
     assert rows["compiled"]["tokens_equal_eager_twin"] == n
     assert rows["compiled int4"]["tokens_equal_eager_twin"] == n
+    assert rows["aot package"]["tokens_equal_eager_twin"] == n
+    # a loaded package starts without compiling
+    assert rows["aot package"]["cold_start_s"] < rows["compiled"]["cold_start_s"]
     assert rows["fused int4"]["bytes_per_weight"] < rows["fused int8"]["bytes_per_weight"] < 4
     for name in ("compiled", "onnxruntime"):
         assert rows[name]["tokens_equal_eager_fp32"] == data["models"]["gpt2"]["new_tokens"]

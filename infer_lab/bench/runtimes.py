@@ -6,6 +6,8 @@ greedy, batch 1, the same torch threads, runs alternated and the median kept:
 * eager fp32 / bf16 — our Transformer as it is;
 * compiled — :class:`~infer_lab.runtimes.compiled.CompiledDecoder` (static cache, one
   graph; inductor's C++ on a CPU, CUDA graphs on a GPU);
+* AOT package — the same compiled step built ahead of time into an AOTInductor package
+  (:mod:`infer_lab.runtimes.aot`); its cold start is loading the package, not compiling;
 * ONNX Runtime — :mod:`infer_lab.runtimes.onnx_export`, ORT owning the KV loop;
 * fused int8 / int4 — weight-only layers that multiply packed codes through PyTorch's
   packed CPU kernels, tied embedding and head quantized too (:mod:`infer_lab.quant.packed`);
@@ -43,9 +45,10 @@ MODELS = ("code-m", "gpt2", "smollm2")
 # embedding and head quantized too: the bench's "fused int8" / "fused int4" rows.
 FUSED = {"fused int8": "int8-packed+head", "fused int4": "int4-g64-packed+head"}
 # A compiled row must give the greedy tokens of the eager model it compiled.
-EAGER_TWIN = {"compiled": "eager fp32", "compiled int4": "fused int4"}
-KINDS = ("eager fp32", "eager bf16", *FUSED, "compiled", "compiled int4", "onnxruntime",
-         "llama.cpp")
+EAGER_TWIN = {"compiled": "eager fp32", "compiled int4": "fused int4",
+              "aot package": "eager fp32"}
+KINDS = ("eager fp32", "eager bf16", *FUSED, "compiled", "compiled int4", "aot package",
+         "onnxruntime", "llama.cpp")
 
 
 @dataclass
@@ -131,6 +134,16 @@ def contenders(name: str, model, prompt: list[int], n: int, loaded_s: float, ski
             out["compiled int4"] = compiled("compiled int4", q, per_weight, loaded_s + s)
     if "compiled" not in skip:
         out["compiled"] = compiled("compiled", model, 4.0, loaded_s)
+    if "aot package" not in skip:
+        from ..runtimes.aot import PackagedDecoder, package_step
+
+        path = workdir / f"{name}-step.pt2"
+        built = package_step(model, 1, len(prompt) + n, path)
+        dec = PackagedDecoder(model, path)
+        print(f"{name} aot package: built in {built:.1f} s (once, ahead of time), "
+              f"loaded in {dec.load_seconds:.2f} s")
+        out["aot package"] = Contender(lambda: dec.generate([prompt], n)[0], 4.0,
+                                       loaded_s + dec.load_seconds)
     if "onnxruntime" not in skip:
         from ..runtimes.onnx_export import OrtDecoder, export
 
@@ -185,7 +198,8 @@ def measure(name: str, quick: bool, n: int, repeats: int, skip: list[str], hw: H
 def ratios(results: dict[str, dict], serving_json: Path | None) -> dict[str, float]:
     out = {}
     tps = {(m, k): r["tokens_per_s"] for m, res in results.items() for k, r in res["rows"].items()}
-    pairs = {"compile_speedup_code_m": (("code-m", "compiled"), ("code-m", "eager fp32")),
+    pairs = {"aot_vs_eager_code_m": (("code-m", "aot package"), ("code-m", "eager fp32")),
+             "compile_speedup_code_m": (("code-m", "compiled"), ("code-m", "eager fp32")),
              "compile_speedup_smollm2": (("smollm2", "compiled"), ("smollm2", "eager fp32")),
              "ort_vs_eager_code_m": (("code-m", "onnxruntime"), ("code-m", "eager fp32"))}
     for key, (a, b) in pairs.items():

@@ -41,6 +41,15 @@ class StaticKVCache:
         self.kpos = torch.full((batch, max_len + 1), -1, dtype=torch.long, device=device)
 
     @classmethod
+    def over(cls, k: torch.Tensor, v: torch.Tensor, kpos: torch.Tensor) -> StaticKVCache:
+        """A cache that reads and writes the given buffers (k, v (L, B, H_kv, S + 1, D),
+        kpos (B, S + 1)): an exported step takes them as inputs (:mod:`.aot`)."""
+        cache = cls.__new__(cls)
+        cache.k, cache.v, cache.kpos = k, v, kpos
+        cache.capacity = k.shape[3] - 1  # the trash slot is not a position
+        return cache
+
+    @classmethod
     def for_model(cls, model: torch.nn.Module, batch: int, max_len: int) -> StaticKVCache:
         cfg = model.config
         return cls(cfg.n_layer, batch, cfg.n_kv_head, cfg.head_dim, max_len,
