@@ -166,6 +166,7 @@ def test_measure_runtimes_on_a_tiny_model(tmp_path, monkeypatch):
     real = bench.contenders
     monkeypatch.setattr(bench, "contenders", lambda *a: real(*a[:5], [*a[5], "onnxruntime"],
                                                              a[6]))
+    assert "compiled int4" in lab08._skip(lab08.ZOO_RUNTIMES)  # one compile, the lab's own
     rows = lab08.measure_runtimes(m, tok, sizes, tmp_path)
     got = {(r["model"], r["runtime"]) for r in rows}
     assert {("code-s", k) for k in ("eager fp32", "eager bf16", "compiled", "fused int8",

@@ -73,26 +73,27 @@ def _timed(cs: dict, sizes: RuntimesSizes, progress: bool, what: str) -> dict[st
             bar.close()
 
 
+ZOO_RUNTIMES = ("eager fp32", "eager bf16", "onnxruntime", "fused int8", "fused int4")
+REAL_RUNTIMES = ("eager fp32", "fused int4", "llama.cpp")
+
+
+def _skip(wanted: tuple[str, ...]) -> list[str]:
+    """bench runtimes' contenders to leave out: all but ``wanted`` (compiles are costly)."""
+    from ..bench.runtimes import KINDS
+
+    return [k for k in KINDS if k not in wanted]
+
+
+def _order(runtime: str) -> int:
+    return ORDER.index(runtime) if runtime in ORDER else len(ORDER)
+
+
 def measure_runtimes(model, tok, sizes: RuntimesSizes, workdir: str | Path,
                      progress: bool = False) -> list[dict[str, Any]]:
     """One row per runtime on ``sizes.model`` (and llama.cpp's model when the scale names
     one): tokens/s, cold start (seconds before the first token), bytes per weight, note."""
-    from ..bench import median
-    from ..bench.runtimes import Contender, contenders
-    from ..runtimes.compiled import CompiledDecoder
-
-    prompt = tok.encode(PROMPT)
-    n = sizes.new_tokens
-    cs = contenders(sizes.model, model, prompt, n, 0.0, ["compiled"], Path(workdir))
-    dec = CompiledDecoder(model, 1, len(prompt) + n)
-    t0 = time.perf_counter()
-    dec.generate([prompt], n)  # the first call compiles: the cold start
-    cold = time.perf_counter() - t0
-    cs["compiled"] = Contender(lambda: dec.generate([prompt], n)[0], 4.0, cold)
-    times = _timed(cs, sizes, progress, f"{sizes.model}: timed runs")
-    rows = [_row(sizes.model, k, n / median(times[k]), c.cold_start_s, c.bytes_per_weight,
-                 "" if k != "compiled" or dec.compiled else f"eager fallback: "
-                 f"{dec.fallback_reason}") for k, c in cs.items()]
+    rows = _measure_zoo(model, tok, sizes, workdir, progress)
+    gc.collect()  # the zoo's copies, graph and ORT session, before a real model loads
     rows.append(_row(sizes.model, "llama.cpp", None, None, None,
                      "llama.cpp runs GGUF files: the zoo models have none"))
     if sizes.real_model is None:
@@ -101,7 +102,27 @@ def measure_runtimes(model, tok, sizes: RuntimesSizes, workdir: str | Path,
         rows.append(_row("smollm2", "llama.cpp", None, None, None, why))
     else:
         rows += measure_real(sizes, workdir, progress)
-    return sorted(rows, key=lambda r: (r["model"] != sizes.model, ORDER.index(r["runtime"])))
+    return sorted(rows, key=lambda r: (r["model"] != sizes.model, _order(r["runtime"])))
+
+
+def _measure_zoo(model, tok, sizes: RuntimesSizes, workdir: str | Path, progress: bool
+                 ) -> list[dict[str, Any]]:
+    from ..bench import median
+    from ..bench.runtimes import Contender, contenders
+    from ..runtimes.compiled import CompiledDecoder
+
+    prompt = tok.encode(PROMPT)
+    n = sizes.new_tokens
+    cs = contenders(sizes.model, model, prompt, n, 0.0, _skip(ZOO_RUNTIMES), Path(workdir))
+    dec = CompiledDecoder(model, 1, len(prompt) + n)
+    t0 = time.perf_counter()
+    dec.generate([prompt], n)  # the first call compiles: the cold start
+    cold = time.perf_counter() - t0
+    cs["compiled"] = Contender(lambda: dec.generate([prompt], n)[0], 4.0, cold)
+    times = _timed(cs, sizes, progress, f"{sizes.model}: timed runs")
+    return [_row(sizes.model, k, n / median(times[k]), c.cold_start_s, c.bytes_per_weight,
+                 "" if k != "compiled" or dec.compiled else f"eager fallback: "
+                 f"{dec.fallback_reason}") for k, c in cs.items()]
 
 
 def measure_real(sizes: RuntimesSizes, workdir: str | Path, progress: bool = False
@@ -123,8 +144,7 @@ def measure_real(sizes: RuntimesSizes, workdir: str | Path, progress: bool = Fal
     prompt = tok.encode(chat_prompt(tok, [{"role": "user", "content": "Write a Python "
                                            "function that checks whether a number is prime."}]))
     n = sizes.real_tokens
-    skip = ["eager bf16", "fused int8", "compiled", "onnxruntime"]
-    cs = contenders("smollm2", model, prompt, n, loaded, skip, Path(workdir))
+    cs = contenders("smollm2", model, prompt, n, loaded, _skip(REAL_RUNTIMES), Path(workdir))
     times = _timed(cs, sizes, progress, "smollm2: timed runs")
     rows = [_row("smollm2", k, n / median(times[k]), c.cold_start_s, c.bytes_per_weight)
             for k, c in cs.items()]
