@@ -37,13 +37,13 @@ ORDER = ("eager fp32", "eager bf16", "compiled", "onnxruntime", "fused int8", "f
          "llama.cpp")
 # `python -m infer_lab.bench runtimes`, README "Compiled runtimes and fused CPU paths":
 # tokens/s measured 2026-12-02 on the project's 2-core Xeon, 2 threads, 64 new tokens.
-RECORDED_ON = "2026-12-02, project machine (2-core Xeon, 2 threads; README)"
+RECORDED_ON = "2026-12-02, project machine (2-core AMD EPYC, 2 threads; README)"
 RECORDED = {
-    "code-m": {"eager fp32": 144.32, "eager bf16": 145.76, "compiled": 177.25,
-               "onnxruntime": 276.90, "fused int8": 232.90, "fused int4": 234.27},
-    "smollm2": {"eager fp32": 14.69, "eager bf16": 22.71, "compiled": 15.47,
-                "onnxruntime": 28.18, "fused int8": 36.51, "fused int4": 47.88,
-                "llama.cpp": 84.71},
+    "code-m": {"eager fp32": 123.35, "eager bf16": 145.74, "compiled": 357.02,
+               "onnxruntime": 273.17, "fused int8": 218.84, "fused int4": 227.91},
+    "smollm2": {"eager fp32": 16.19, "eager bf16": 25.07, "compiled": 38.44,
+                "onnxruntime": 31.37, "fused int8": 42.29, "fused int4": 64.33,
+                "llama.cpp": 97.24},
 }
 
 

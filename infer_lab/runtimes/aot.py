@@ -33,9 +33,9 @@ class _Step(nn.Module):
     """The decode step as a pure function of its inputs: the cache buffers come in, are
     written in place, and nothing is stored in the module but the weights."""
 
-    def __init__(self, model: nn.Module, shape: StaticKVCache):
+    def __init__(self, model: nn.Module):
         super().__init__()
-        self.model, self.shape = model, shape
+        self.model = model
 
     def forward(self, tok: torch.Tensor, pos: torch.Tensor, k: torch.Tensor,
                 v: torch.Tensor, kpos: torch.Tensor) -> torch.Tensor:
@@ -64,7 +64,7 @@ def package_step(model: Transformer, batch: int, max_len: int, path: str | Path,
     if reductions is None:
         reductions = model.device.type == "cpu" and batch == 1
     cache = StaticKVCache.for_model(model, batch, max_len)
-    step = _Step(reduction_linears(model) if reductions else model, cache)
+    step = _Step(reduction_linears(model) if reductions else model)
     tok = torch.zeros(batch, 1, dtype=torch.long, device=model.device)
     pos = torch.zeros(batch, 1, dtype=torch.long, device=model.device)
     t0 = time.perf_counter()
@@ -95,7 +95,8 @@ class PackagedDecoder(CompiledDecoder):
         t0 = time.perf_counter()
         runner = torch._inductor.aoti_load_package(str(path))
         meta = runner.get_metadata()
-        batch, max_len = int(meta.get("infer_lab.batch", -1)), int(meta.get("infer_lab.max_len", -1))
+        batch = int(meta.get("infer_lab.batch", -1))
+        max_len = int(meta.get("infer_lab.max_len", -1))
         want = _signature(model, batch, max_len)
         wrong = [k.removeprefix("infer_lab.") for k in want if meta.get(k) != want[k]]
         if wrong:
