@@ -125,7 +125,8 @@ def test_compare_tolerances():
     assert compare(True, 1.0) is not None
     assert compare(float("nan"), 1.0) is not None
     assert compare(torch.zeros(2), torch.zeros(3)) is not None
-    assert compare(torch.tensor([1, 2]), torch.tensor([1.0, 2.0])) is None
+    assert compare(torch.tensor([1, 2]), torch.tensor([1.0, 2.0])) is not None  # dtype
+    assert compare(torch.tensor([1, 2]), torch.tensor([1.0, 2.0]), exact_dtype=False) is None
     assert compare(torch.tensor([float("nan")]), torch.tensor([0.0])) == "your answer contains NaN"
 
 
@@ -157,7 +158,8 @@ def test_record_schema_and_attempts():
     data = json.loads(progress.progress_path().read_text())
     assert data["version"] == 1
     assert set(data["labs"]["01_kv_cache"]["exercises"]["x"]) == {
-        "status", "attempts", "updated", "passed_at", "message"}
+        "status", "attempts", "failures", "first_at", "updated", "passed_at", "message"}
+    assert e["failures"] == 2 and e["first_at"] <= e["passed_at"]
     with pytest.raises(ValueError):
         progress.record("01_kv_cache", "x", "great")
 

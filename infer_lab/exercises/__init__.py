@@ -31,7 +31,8 @@ from .progress import lab_progress, load_progress, progress_path, summary
 # Where the names that need torch live; each is imported from there when first asked for.
 _CHECKERS = [f"check_{name}" for names in catalog.LABS.values() for name in names]
 _HOMES = {**dict.fromkeys(["Case", "CheckResult", "Exercise", "Mistake", "compare"], "checker"),
-          **dict.fromkeys(["EXERCISES", "LAB_MODULES", "CHECKERS", "check", "exercise",
+          **dict.fromkeys(["EXERCISES", "LAB_MODULES", "CHECKERS", "PREDICTIONS", "predict",
+                           "check", "exercise",
                            "show_hint", "show_progress", "show_solution", *_CHECKERS],
                           "registry")}
 
@@ -64,6 +65,7 @@ def __dir__() -> list[str]:
 __all__ = [
     "EXERCISES",
     "LAB_MODULES",
+    "PREDICTIONS",
     "Case",
     "CheckResult",
     "Exercise",
@@ -73,6 +75,7 @@ __all__ = [
     "exercise",
     "lab_exercises",
     "lab_progress",
+    "predict",
     "load_progress",
     "progress",
     "progress_path",

@@ -14,6 +14,17 @@ Known mistakes are registered with the exercise as small wrong functions; when t
 learner's answer equals a known mistake's, the verdict shows that mistake's hint. The
 same functions let the tests prove that the checker rejects them.
 
+Hints come in three tiers: every failed verdict gives the *concept* (``hint``, which never
+spells out the code) and, when the answer matches a registered mistake, that mistake's
+hint; only after ``CODE_HINT_AFTER`` failed checks of the same exercise (counted in the
+progress store) does it add the code-level help (``code_hint``).
+
+Dtypes and shapes are part of the answer: a float tensor where the reference returns
+uint8 codes fails, as does an int64 one (``exact_dtype``).
+
+Once an exercise passes, the lab runs the learner's function: ``result.choose(fn)`` is
+``fn`` when the check passed, else the reference, and says which in one line.
+
 A stub that raises ``NotImplementedError`` is "not attempted" and never raises, so a lab
 runs top to bottom as shipped. Every verdict is recorded in the progress store.
 
@@ -40,6 +51,7 @@ import torch
 from . import progress
 
 ICONS = {"passed": "✅", "failed": "❌", "not attempted": "⬜"}
+CODE_HINT_AFTER = 3  # failed checks of one exercise before the code-level hint shows
 
 
 @dataclass
@@ -75,7 +87,22 @@ class CheckResult:
     n_passed: int = 0
     failed_case: str | None = None  # description of the first failing call
     error: str | None = None  # the exception the learner's code raised, if any
-    hint: str | None = None
+    hint: str | None = None  # the most specific hint: the matched mistake's, else the concept
+    mistake: str | None = None  # the name of the registered mistake the answer matched
+    reference: Callable | None = field(default=None, repr=False)
+
+    def choose(self, fn: Callable, *, verbose: bool = True) -> Callable:
+        """The function the lab's next experiment runs: ``fn`` once it passed, else the
+        reference (said in one line, so a learner knows whose code made the numbers)."""
+        if self.passed or self.reference is None:
+            if verbose:
+                print(f"The experiments below run your {self.exercise}.")
+            return fn
+        if verbose:
+            why = "is not attempted yet" if self.status == "not attempted" else "has not passed"
+            print(f"Your {self.exercise} {why}: the experiments below run the reference "
+                  f"(show_solution({self.exercise!r}) prints it).")
+        return self.reference
 
     @property
     def passed(self) -> bool:
@@ -114,13 +141,21 @@ def _short(x: Any) -> str:
     return r if len(r) <= 60 else r[:57] + "..."
 
 
-def compare(got: Any, want: Any, rtol: float = 1e-6, atol: float = 0.0) -> str | None:
-    """None when ``got`` matches ``want``; else a short reason why not."""
+def compare(got: Any, want: Any, rtol: float = 1e-6, atol: float = 0.0,
+            exact_dtype: bool = True) -> str | None:
+    """None when ``got`` matches ``want``; else a short reason why not.
+
+    Tensors must match in shape and (with ``exact_dtype``) in dtype: packed uint8 codes
+    returned as int64, or a float mask, are wrong answers even when the values agree.
+    """
     if isinstance(want, torch.Tensor):
         if not isinstance(got, torch.Tensor):
             return f"expected a tensor of shape {tuple(want.shape)}, got {type(got).__name__}"
         if got.shape != want.shape:
             return f"expected shape {tuple(want.shape)}, got shape {tuple(got.shape)}"
+        if exact_dtype and got.dtype != want.dtype:
+            return (f"expected dtype {str(want.dtype).replace('torch.', '')}, got "
+                    f"{str(got.dtype).replace('torch.', '')} (the dtype is part of the answer)")
         if want.dtype == torch.bool:
             if got.dtype != torch.bool:
                 return f"expected a bool tensor, got dtype {got.dtype}"
@@ -164,10 +199,13 @@ class Exercise:
     fixed_cases: list[Case]
     random_case: Callable[[random.Random], Case] | None = None
     n_random: int = 20
-    hint: str = ""
+    hint: str = ""  # the concept: shown with every failure, never the code
     mistakes: list[Mistake] = field(default_factory=list)
     rtol: float = 1e-6
     atol: float = 0.0
+    code_hint: str = ""  # code-level help, shown after CODE_HINT_AFTER failed checks
+    exact_dtype: bool = True
+    kind: str = "warm-up"  # "technique": the learner builds the method; "warm-up": a formula
 
     def cases(self, seed: int | None = None) -> list[Case]:
         """The fixed cases, then ``n_random`` random ones (a fresh draw unless seeded)."""
@@ -177,13 +215,19 @@ class Exercise:
 
     def check(self, fn: Callable, *, seed: int | None = None, verbose: bool = True,
               record: bool = True) -> CheckResult:
-        """Grade ``fn``; print the verdict and record it in the progress store."""
+        """Grade ``fn``; record the verdict in the progress store and print it (with the
+        code-level hint once this exercise has failed ``CODE_HINT_AFTER`` times)."""
         result = self._grade(fn, seed)
+        result.reference = self.reference
+        if record:
+            entry = progress.record(self.lab, self.name, result.status,
+                                    result.message.splitlines()[0])
+            failures = entry.get("failures", 0) if result.status == "failed" else 0
+            if failures >= CODE_HINT_AFTER and self.code_hint:
+                result.message += (f"\n   Code-level help (after {failures} failed checks): "
+                                   f"{self.code_hint}")
         if verbose:
             print(result.message)
-        if record:
-            progress.record(self.lab, self.name, result.status,
-                            result.message.splitlines()[0])
         return result
 
     def _call(self, fn: Callable, case: Case) -> Any:
@@ -208,7 +252,8 @@ class Exercise:
 
     def mismatch(self, case: Any, got: Any) -> str | None:
         """None when ``got`` is right for ``case``; else why not."""
-        return compare(got, self._call(self.reference, case), self.rtol, self.atol)
+        return compare(got, self._call(self.reference, case), self.rtol, self.atol,
+                       self.exact_dtype)
 
     def tally(self, cases: list, seed: int | None) -> str:
         """What the passed cases were, for the verdict."""
@@ -245,12 +290,16 @@ class Exercise:
                 return make("failed", msg, k, failed_case=call, error=err, hint=self.hint)
             reason = self.mismatch(case, got)
             if reason is not None:
-                hint = self.diagnose(case, got) or self.hint
+                specific = self.diagnose(case, got)
                 msg = (f"{ICONS['failed']} {self.name}: wrong answer on case {k + 1}/{n}: "
                        f"{call}\n   {reason}")
-                if hint:
-                    msg += f"\n   Hint: {hint}"
-                return make("failed", msg, k, failed_case=call, hint=hint)
+                if self.hint:
+                    msg += f"\n   Hint: {self.hint}"
+                if specific and specific != self.hint:
+                    msg += f"\n   Your answer matches a known mistake: {specific}"
+                mistake = next((m.name for m in self.mistakes if m.hint == specific), None)
+                return make("failed", msg, k, failed_case=call, hint=specific or self.hint,
+                            mistake=mistake)
         return make("passed", f"{ICONS['passed']} {self.name}: passed {n}/{n} cases "
                     f"({self.tally(cases, seed)}).", n)
 
@@ -258,7 +307,8 @@ class Exercise:
         """The hint of the first known mistake whose answer equals ``got`` on ``case``."""
         for m in self.mistakes:
             try:
-                if compare(got, self._call(m.fn, case), self.rtol, self.atol) is None:
+                if compare(got, self._call(m.fn, case), self.rtol, self.atol,
+                       self.exact_dtype) is None:
                     return m.hint
             except Exception:  # noqa: BLE001, S112  a mistake that cannot run is no match
                 continue

@@ -12,9 +12,18 @@ Schema (version 1), read by the labs and by the JupyterLab extension::
             "kv_cache_bytes": {
               "status": "passed",          # "passed" | "failed" | "not attempted"
               "attempts": 3,               # checks that ran the learner's code
+              "failures": 2,               # of which failed (the code-level hint's count)
+              "first_at": "2025-01-31T11:50:00+00:00",  # first real attempt (UTC)
               "updated": "2025-01-31T12:00:00+00:00",   # last check (UTC, ISO 8601)
               "passed_at": "2025-01-31T11:58:00+00:00", # first pass, or null
               "message": "passed 24/24 cases"           # the last verdict, one line
+            }
+          },
+          "predictions": {
+            "decode_tokens_per_s": {
+              "status": "passed",          # "passed" | "failed" | "predicted" (not yet measured)
+              "guess": 120.0, "measured": 131.2, "unit": "tokens/s",
+              "tolerance": "within 50%", "attempts": 1, "updated": "..."
             }
           }
         }
@@ -66,8 +75,11 @@ def _valid(data: Any) -> bool:
     for lab in data["labs"].values():
         if not isinstance(lab, dict) or not isinstance(lab.get("exercises", {}), dict):
             return False
-        if not all(isinstance(e, dict) for e in lab.get("exercises", {}).values()):
-            return False
+        for part in ("exercises", "predictions"):
+            if not isinstance(lab.get(part, {}), dict):
+                return False
+            if not all(isinstance(e, dict) for e in lab.get(part, {}).values()):
+                return False
     return True
 
 
@@ -152,13 +164,15 @@ def record(lab: str, exercise: str, status: str, message: str = "",
     lab_entry = data["labs"].setdefault(lab, {})
     exercises = lab_entry.setdefault("exercises", {})
     entry = exercises.get(exercise, {})
-    attempts = int(entry.get("attempts", 0)) if isinstance(entry.get("attempts"), int) else 0
+    attempts, failures = (_count(entry, k) for k in ("attempts", "failures"))
     if status == "not attempted" and attempts > 0:
         return entry  # a fresh stub must not erase earlier work
     now = _now()
     entry = {
         "status": status,
         "attempts": attempts + (status != "not attempted"),
+        "failures": failures + (status == "failed"),
+        "first_at": entry.get("first_at") or (now if status != "not attempted" else None),
         "updated": now,
         "passed_at": entry.get("passed_at") or (now if status == "passed" else None),
         "message": message,
@@ -166,6 +180,39 @@ def record(lab: str, exercise: str, status: str, message: str = "",
     exercises[exercise] = entry
     save_progress(data, path)
     return entry
+
+
+def _count(entry: dict[str, Any], key: str) -> int:
+    value = entry.get(key, 0)
+    return value if isinstance(value, int) and value >= 0 else 0
+
+
+PREDICTION_STATUSES = ("passed", "failed", "predicted")
+
+
+def record_prediction(lab: str, name: str, status: str, guess: float,
+                      measured: float | None, unit: str, tolerance: str,
+                      path: Path | None = None) -> dict[str, Any]:
+    """Record a prediction: ``status`` "predicted" when the guess is made (before the
+    measurement), then "passed" or "failed" once the measured value is known."""
+    if status not in PREDICTION_STATUSES:
+        raise ValueError(f"status must be one of {PREDICTION_STATUSES}, got {status!r}")
+    data = load_progress(path)
+    preds = data["labs"].setdefault(lab, {}).setdefault("predictions", {})
+    entry = preds.get(name, {})
+    graded = status != "predicted"
+    entry = {"status": status, "guess": float(guess),
+             "measured": None if measured is None else float(measured), "unit": unit,
+             "tolerance": tolerance, "attempts": _count(entry, "attempts") + graded,
+             "first_at": entry.get("first_at") or _now(), "updated": _now()}
+    preds[name] = entry
+    save_progress(data, path)
+    return entry
+
+
+def lab_predictions(lab: str, path: Path | None = None) -> dict[str, dict[str, Any]]:
+    """{prediction name: entry} of one lab."""
+    return dict(load_progress(path)["labs"].get(lab, {}).get("predictions", {}))
 
 
 def lab_progress(lab: str, path: Path | None = None) -> dict[str, dict[str, Any]]:

@@ -19,8 +19,9 @@ from . import (
     speculative,
     welcome,
 )
-from .checker import CheckResult, Exercise
-from .progress import lab_progress
+from .checker import CODE_HINT_AFTER, CheckResult, Exercise
+from .predictions import Guess, Prediction
+from .progress import lab_predictions, lab_progress
 
 # One module per lab, in lab order; each has LAB (the notebook's name) and EXERCISES.
 LAB_MODULES = (welcome, kv_cache, quantization, pruning, distillation, speculative, serving,
@@ -28,6 +29,9 @@ LAB_MODULES = (welcome, kv_cache, quantization, pruning, distillation, speculati
 EXERCISES: dict[str, Exercise] = {e.name: e for m in LAB_MODULES for e in m.EXERCISES}
 # The torch-free catalogue (what the JupyterLab extension counts) must say the same.
 catalog.check_registry({m.LAB: [e.name for e in m.EXERCISES] for m in LAB_MODULES})
+# Predict-then-measure questions (predictions.py), by name; names are unique across labs.
+PREDICTIONS: dict[str, Prediction] = {p.name: p for m in LAB_MODULES
+                                      for p in getattr(m, "PREDICTIONS", ())}
 
 
 def exercise(name: str) -> Exercise:
@@ -41,13 +45,31 @@ def check(name: str, fn: Callable, **kw) -> CheckResult:
     return exercise(name).check(fn, **kw)
 
 
+def predict(name: str, guess: float | None, **kw) -> Guess:
+    """Record a guess for prediction ``name`` before the cell that measures it; call
+    ``.against(measured)`` on the result there."""
+    if name not in PREDICTIONS:
+        raise ValueError(f"no prediction named {name!r}; predictions are: "
+                         f"{', '.join(PREDICTIONS)}")
+    return PREDICTIONS[name].predict(guess, **kw)
+
+
 def show_solution(name: str) -> None:
     """Print the reference implementation of an exercise."""
     print(exercise(name).solution())
 
 
 def show_hint(name: str) -> None:
-    print(f"Hint: {exercise(name).hint}")
+    """The concept; the code-level help too once the exercise has failed
+    ``CODE_HINT_AFTER`` checks (counted in the progress store)."""
+    ex = exercise(name)
+    print(f"Hint: {ex.hint}")
+    failures = lab_progress(ex.lab).get(name, {}).get("failures", 0)
+    if ex.code_hint and isinstance(failures, int) and failures >= CODE_HINT_AFTER:
+        print(f"Code-level help: {ex.code_hint}")
+    elif ex.code_hint:
+        print(f"(Code-level help shows after {CODE_HINT_AFTER} failed checks; "
+              f"{failures} so far.)")
 
 
 def show_progress(lab: str | None = None) -> None:
@@ -64,6 +86,10 @@ def show_progress(lab: str | None = None) -> None:
             tries = entry.get("attempts", 0)
             print(f"  {ICONS.get(status, '?')} {name:28s} {status} "
                   f"({tries} attempt{'' if tries == 1 else 's'})")
+        for name, entry in lab_predictions(lb).items():
+            status = entry.get("status", "predicted")
+            print(f"  {ICONS.get(status, '🔮')} {name:28s} prediction {status}: guessed "
+                  f"{entry.get('guess')}, measured {entry.get('measured')} {entry.get('unit', '')}")
 
 
 def _make_checker(name: str) -> Callable[..., CheckResult]:
