@@ -61,10 +61,10 @@ def test_dtype_is_part_of_the_answer():
 
 def test_choose_runs_the_learners_code_once_it_passes(capsys):
     ex = _double()
-    mine = lambda x: x + x  # noqa: E731
+    mine = lambda x: x + x
     assert ex.check(mine).choose(mine) is mine
     assert "your double" in capsys.readouterr().out
-    wrong = lambda x: 3 * x  # noqa: E731
+    wrong = lambda x: 3 * x
     assert ex.check(wrong).choose(wrong) is ex.reference
     assert "reference" in capsys.readouterr().out
 
