@@ -26,7 +26,7 @@ LABS: dict[str, tuple[str, ...]] = {
     WELCOME: ("weight_bytes", "decode_tokens_per_second", "cost_per_million_tokens"),
     KV_CACHE: ("decode_attention", "kv_cache_bytes", "sliding_window_mask"),
     QUANTIZATION: ("absmax_quantize", "group_quantize", "pack_int4"),
-    PRUNING: ("magnitude_mask", "mask_2_4"),
+    PRUNING: ("magnitude_mask", "mask_2_4", "remove_neurons", "neuron_importance"),
     DISTILLATION: ("soft_targets", "kd_loss"),
     SPECULATIVE: ("temperature_probs", "accept_or_resample", "verify_draft",
                   "expected_tokens_per_call", "speculative_speedup"),

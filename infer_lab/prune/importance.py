@@ -13,13 +13,16 @@ pruning, three ways:
   removed (Molchanov et al. 2019): I = |sum_{w in unit} w * dL/dw|, gradients of the
   next-token loss summed over the calibration batches.
 
+A neuron score can also be a function ``score(w1, w3, w2, x) -> (d_ff,)`` of one layer's
+MLP weights and its calibration inputs x (tokens, d_model): lab 03 passes the learner's.
+
 Scores are per layer: (n_layer, d_ff) neurons, (n_layer, n_head) query heads,
 (n_layer, n_kv_head) KV groups, (n_layer,) layers. Higher = more important.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import numpy as np
@@ -29,6 +32,8 @@ from torch import nn
 
 Score = Literal["weight", "activation", "gradient"]
 SCORES = ("weight", "activation", "gradient")
+# score(w1 (d_ff, d), w3 (d_ff, d), w2 (d, d_ff), x (tokens, d)) -> (d_ff,): one layer
+NeuronScore = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def calibration_batches(calib_ids, seq_len: int = 128, batch_size: int = 8) -> list[torch.Tensor]:
@@ -124,8 +129,43 @@ def _taylor(*pairs: tuple[torch.Tensor, torch.Tensor, int]) -> torch.Tensor:
     return total.abs()
 
 
-def mlp_scores(model: nn.Module, score: Score = "activation", calib_ids=None) -> torch.Tensor:
-    """Importance of every MLP neuron, (n_layer, d_ff)."""
+def mlp_inputs(model: nn.Module, calib_ids) -> list[torch.Tensor]:
+    """Per layer, every calibration token's input to the MLP, (tokens, d_model) in fp32."""
+    seen: list[list[torch.Tensor]] = [[] for _ in model.layers]
+    hooks = [b.mlp.register_forward_pre_hook(
+        lambda mod, args, i=i: seen[i].append(args[0].detach().float().flatten(0, -2).cpu()))
+        for i, b in enumerate(model.layers)]
+    try:
+        _run(model, calib_ids, grad=False)
+    finally:
+        for h in hooks:
+            h.remove()
+    return [torch.cat(xs) for xs in seen]
+
+
+def _scores_from(model: nn.Module, score: NeuronScore, calib_ids) -> torch.Tensor:
+    if calib_ids is None:
+        raise ValueError("a score function needs calib_ids (token ids of calibration text)")
+    out = []
+    for b, x in zip(model.layers, mlp_inputs(model, calib_ids)):
+        m = b.mlp
+        if m.w3 is None:
+            raise ValueError("a neuron score function scores a SwiGLU MLP (w1, w3, w2)")
+        with torch.no_grad():
+            s = score(*(lin.weight.detach().float().cpu() for lin in (m.w1, m.w3, m.w2)), x)
+        if not isinstance(s, torch.Tensor) or s.shape != (m.w1.out_features,):
+            raise ValueError(f"the score function must return ({m.w1.out_features},) scores, "
+                             f"got {s!r:.80}")
+        out.append(s.float())
+    return torch.stack(out)
+
+
+def mlp_scores(model: nn.Module, score: Score | NeuronScore = "activation",
+               calib_ids=None) -> torch.Tensor:
+    """Importance of every MLP neuron, (n_layer, d_ff). ``score``: a name of
+    :data:`SCORES`, or a function of one layer's weights and calibration inputs."""
+    if callable(score):
+        return _scores_from(model, score, calib_ids)
     _need(score, calib_ids)
     mlps = [b.mlp for b in model.layers]
     if score == "weight":

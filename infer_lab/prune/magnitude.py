@@ -16,6 +16,8 @@ no time by itself (it needs a sparse kernel or a sparse storage format to pay of
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -42,14 +44,27 @@ def _keep_largest(scores: torch.Tensor, n_prune: int) -> torch.Tensor:
     return mask
 
 
-def magnitude_masks(model: nn.Module, sparsity: float,
-                    scope: str = "global") -> dict[str, torch.Tensor]:
+MaskFn = Callable[[torch.Tensor, float], torch.Tensor]  # (weights, sparsity) -> bool keep-mask
+
+
+def magnitude_mask(w: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """Bool mask of ``w``'s shape: False on the round(sparsity * numel) smallest |w|."""
+    return _keep_largest(w.detach().abs().flatten(), round(sparsity * w.numel())).view_as(w)
+
+
+def magnitude_masks(model: nn.Module, sparsity: float, scope: str = "global",
+                    mask_fn: MaskFn | None = None) -> dict[str, torch.Tensor]:
     """{linear name: bool mask (out, in)}, True = kept, pruning ``sparsity`` of the weights.
 
     The count removed is round(sparsity * n): over all prunable weights (global) or in
     each layer (layer), so the sparsity is exact up to that rounding.
+    mask_fn(w, sparsity): the mask rule (default :func:`magnitude_mask`); global scope
+    hands it every prunable weight as one flat tensor, layer scope one matrix at a time
+    (lab 03 passes the learner's).
     """
     _check_sparsity(sparsity)
+    if mask_fn is not None:
+        return _masks_from(model, sparsity, scope, mask_fn)
     if scope not in ("global", "layer"):
         raise ValueError(f"scope must be 'global' or 'layer', got {scope!r}")
     linears = prunable_linears(model)
@@ -84,9 +99,39 @@ def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> dict[str, t
     return masks
 
 
-def prune_magnitude(model: nn.Module, sparsity: float, scope: str = "global") -> nn.Module:
-    """Magnitude-prune ``model`` in place (deepcopy first to keep the dense one); return it."""
-    apply_masks(model, magnitude_masks(model, sparsity, scope))
+def _masks_from(model: nn.Module, sparsity: float, scope: str,
+                mask_fn: MaskFn) -> dict[str, torch.Tensor]:
+    """magnitude_masks with a given mask rule, its masks checked (shape, bool)."""
+    if scope not in ("global", "layer"):
+        raise ValueError(f"scope must be 'global' or 'layer', got {scope!r}")
+    lins = prunable_linears(model)
+    if scope == "layer":
+        ws = {n: m.weight.detach() for n, m in lins.items()}
+        masks = {n: mask_fn(w, sparsity) for n, w in ws.items()}
+    else:
+        flat = torch.cat([m.weight.detach().float().flatten() for m in lins.values()])
+        keep = mask_fn(flat, sparsity)  # (n_total,) one ranking over every layer
+        ws = {"all prunable weights": flat}
+        masks = {"all prunable weights": keep}
+    for n, m in masks.items():
+        if not isinstance(m, torch.Tensor) or m.dtype != torch.bool or m.shape != ws[n].shape:
+            raise ValueError(f"mask_fn must return a bool tensor of the weights' shape "
+                             f"{tuple(ws[n].shape)} for {n}, got {m!r:.80}")
+    if scope == "layer":
+        return masks
+    out, start = {}, 0
+    for n, lin in lins.items():
+        out[n] = keep[start:start + lin.weight.numel()].view_as(lin.weight)
+        start += lin.weight.numel()
+    return out
+
+
+def prune_magnitude(model: nn.Module, sparsity: float, scope: str = "global",
+                    mask_fn: MaskFn | None = None) -> nn.Module:
+    """Magnitude-prune ``model`` in place (deepcopy first to keep the dense one); return it.
+
+    mask_fn: the mask rule, as in :func:`magnitude_masks`."""
+    apply_masks(model, magnitude_masks(model, sparsity, scope, mask_fn))
     return model
 
 

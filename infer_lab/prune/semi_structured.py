@@ -10,6 +10,7 @@ nothing on a CPU, where PyTorch has no 2:4 kernel.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -41,14 +42,27 @@ def is_2_4(weight: torch.Tensor) -> bool:
     return bool((nonzero <= 2).all())
 
 
-def masks_2_4(model: nn.Module) -> dict[str, torch.Tensor]:
-    """{name: 2:4 mask} for every prunable linear layer."""
-    return {n: mask_2_4(m.weight) for n, m in prunable_linears(model).items()}
+def masks_2_4(model: nn.Module,
+              mask_fn: Callable[[torch.Tensor], torch.Tensor] | None = None
+              ) -> dict[str, torch.Tensor]:
+    """{name: 2:4 mask} for every prunable linear layer; mask_fn(w) -> bool mask is the
+    rule (default :func:`mask_2_4`; lab 03 passes the learner's), its masks checked."""
+    fn = mask_fn or mask_2_4
+    masks = {}
+    for n, m in prunable_linears(model).items():
+        w = m.weight.detach()
+        masks[n] = mask = fn(w)
+        if mask_fn is not None and not (isinstance(mask, torch.Tensor) and mask.dtype == torch.bool
+                                        and mask.shape == w.shape and is_2_4(w * mask)):
+            raise ValueError(f"mask_fn's mask for {n} is not a 2:4 bool mask of shape "
+                             f"{tuple(w.shape)}")
+    return masks
 
 
-def prune_2_4(model: nn.Module) -> nn.Module:
+def prune_2_4(model: nn.Module,
+              mask_fn: Callable[[torch.Tensor], torch.Tensor] | None = None) -> nn.Module:
     """Apply 2:4 sparsity to every prunable linear, in place; returns the model."""
-    apply_masks(model, masks_2_4(model))
+    apply_masks(model, masks_2_4(model, mask_fn))
     return model
 
 

@@ -21,12 +21,17 @@ of :mod:`infer_lab.prune.importance` (lowest first, per layer).
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import replace
 
 import torch
 from torch import nn
 
-from .importance import Score, head_scores, layer_scores, mlp_scores
+from .importance import NeuronScore, Score, head_scores, layer_scores, mlp_scores
+
+# remove(w1 (d_ff, d), w3 (d_ff, d), w2 (d, d_ff), drop (k,)) -> the three smaller weights
+RemoveFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+                    tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
 
 def _check_fraction(fraction: float) -> None:
@@ -55,12 +60,53 @@ def keep_top(scores: torch.Tensor, n_keep: int) -> torch.Tensor:
 
 
 # -- MLP neurons ------------------------------------------------------------------------------
-def shrink_mlp(model: nn.Module, keep: torch.Tensor) -> nn.Module:
-    """A copy of ``model`` whose layer l keeps MLP neurons ``keep[l]`` (L, d_ff') only."""
+def remove_neurons(w1: torch.Tensor, w3: torch.Tensor, w2: torch.Tensor,
+                   drop: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """SwiGLU W2 (silu(W1 x) * W3 x) without neurons ``drop``: rows of W1, W3, columns of W2."""
+    keep = torch.ones(w1.shape[0], dtype=torch.bool, device=w1.device)
+    keep[drop] = False  # (d_ff,) the kept neurons, in their order
+    return w1[keep], w3[keep], w2[:, keep]
+
+
+def _linear_from(weight: torch.Tensor, like: nn.Linear) -> nn.Linear:
+    new = nn.Linear(weight.shape[1], weight.shape[0], bias=False,
+                    device=like.weight.device, dtype=like.weight.dtype)
+    with torch.no_grad():
+        new.weight.copy_(weight)
+    return new
+
+
+def _shrink_with(m: nn.Module, idx: torch.Tensor, remove: RemoveFn) -> None:
+    """Replace MLP ``m``'s linears by ``remove``'s smaller weights (the others dropped)."""
+    if m.w3 is None or m.w1.bias is not None:
+        raise ValueError("a remove function shrinks a bias-free SwiGLU MLP (w1, w3, w2)")
+    d_ff, n_keep = m.w1.out_features, len(idx)
+    drop = torch.ones(d_ff, dtype=torch.bool)
+    drop[idx.cpu()] = False
+    with torch.no_grad():
+        w1, w3, w2 = remove(m.w1.weight.detach(), m.w3.weight.detach(), m.w2.weight.detach(),
+                            drop.nonzero().flatten().to(m.w1.weight.device))
+    d = m.w1.in_features
+    if tuple(w1.shape) != (n_keep, d) or tuple(w3.shape) != (n_keep, d) or \
+            tuple(w2.shape) != (d, n_keep):
+        raise ValueError(f"remove returned weights {tuple(w1.shape)}, {tuple(w3.shape)}, "
+                         f"{tuple(w2.shape)}; expected ({n_keep}, {d}) twice and ({d}, {n_keep})")
+    m.w1, m.w3, m.w2 = _linear_from(w1, m.w1), _linear_from(w3, m.w3), _linear_from(w2, m.w2)
+
+
+def shrink_mlp(model: nn.Module, keep: torch.Tensor, remove: RemoveFn | None = None
+               ) -> nn.Module:
+    """A copy of ``model`` whose layer l keeps MLP neurons ``keep[l]`` (L, d_ff') only.
+
+    remove(w1, w3, w2, drop): how the neurons are cut out (default: kept rows / columns
+    indexed; lab 03 passes the learner's :func:`remove_neurons`)."""
     new = copy.deepcopy(model)
     for block, idx in zip(new.layers, keep):
         m = block.mlp
         idx = idx.to(m.w1.weight.device)
+        if remove is not None:
+            _shrink_with(m, idx, remove)
+            continue
         m.w1 = _sub_linear(m.w1, rows=idx)  # (d_ff', d)
         if m.w3 is not None:
             m.w3 = _sub_linear(m.w3, rows=idx)  # (d_ff', d)
@@ -69,18 +115,20 @@ def shrink_mlp(model: nn.Module, keep: torch.Tensor) -> nn.Module:
     return new
 
 
-def prune_mlp(model: nn.Module, fraction: float, score: Score = "activation",
-              calib_ids=None, multiple_of: int = 1) -> nn.Module:
+def prune_mlp(model: nn.Module, fraction: float, score: Score | NeuronScore = "activation",
+              calib_ids=None, multiple_of: int = 1, remove: RemoveFn | None = None) -> nn.Module:
     """A new model with ``fraction`` of every layer's MLP neurons removed (lowest score).
 
     multiple_of: round the kept width up to a multiple of this (8 or 64 suits SIMD and
     tensor-core tile sizes; 1 keeps the fraction exact). The original is unchanged.
+    score: a name or a function (:func:`~infer_lab.prune.importance.mlp_scores`);
+    remove: how neurons are cut out (:func:`shrink_mlp`).
     """
     _check_fraction(fraction)
     d_ff = model.config.d_ff
     n_keep = min(d_ff, -(-(d_ff - round(fraction * d_ff)) // multiple_of) * multiple_of)
     scores = mlp_scores(model, score, calib_ids)  # (L, d_ff)
-    return shrink_mlp(model, keep_top(scores, n_keep))
+    return shrink_mlp(model, keep_top(scores, n_keep), remove)
 
 
 # -- attention heads ----------------------------------------------------------------------------
