@@ -9,8 +9,15 @@ from infer_lab.config import ModelConfig
 from infer_lab.generate import Sampling, generate
 from infer_lab.kv_cache import KVCache
 from infer_lab.model import Transformer
-from infer_lab.speculative.tree import (TokenTree, TreeCache, ancestor_mask, keep_path,
-                                        tree_visibility, verify_tree, verify_tree_greedy)
+from infer_lab.speculative.tree import (
+    TokenTree,
+    TreeCache,
+    ancestor_mask,
+    keep_path,
+    tree_visibility,
+    verify_tree,
+    verify_tree_greedy,
+)
 from infer_lab.speculative.tree_decode import ModelTreeDrafter, tree_speculative_decode
 
 
