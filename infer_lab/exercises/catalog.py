@@ -27,10 +27,10 @@ LABS: dict[str, tuple[str, ...]] = {
     KV_CACHE: ("decode_attention", "kv_cache_bytes", "sliding_window_mask"),
     QUANTIZATION: ("absmax_quantize", "group_quantize", "pack_int4"),
     PRUNING: ("magnitude_mask", "mask_2_4", "remove_neurons", "neuron_importance"),
-    DISTILLATION: ("soft_targets", "kd_loss"),
+    DISTILLATION: ("soft_targets", "kd_loss", "distill_step"),
     SPECULATIVE: ("temperature_probs", "accept_or_resample", "verify_draft",
                   "expected_tokens_per_call", "speculative_speedup"),
-    SERVING: ("block_tables", "schedule_step"),
+    SERVING: ("block_tables", "schedule_step", "preempt_victims", "prefix_lookup"),
     KERNELS: ("softmax_kernel", "online_softmax_kernel", "int4_gemv_kernel"),
     RUNTIMES: ("roofline_tokens_per_s", "op_kind", "break_even_tokens"),
 }
