@@ -3,13 +3,17 @@
 import pytest
 import torch
 
+from infer_lab.config import ModelConfig
+from infer_lab.exercises.speculative import accept_or_resample, temperature_probs
+from infer_lab.exercises.speculative_verify import verify_draft
+from infer_lab.generate import GREEDY, Sampling
 from infer_lab.lessons import lab05_speculative as sw
 from infer_lab.lessons import lab05_speculative_distribution as sc
-from infer_lab.config import ModelConfig
-from infer_lab.generate import GREEDY
+from infer_lab.lessons import lab05_speculative_pairs as sp
 from infer_lab.model import Transformer
 from infer_lab.scale import SCALES
-from infer_lab.speculative import PromptLookupDrafter, theoretical_speedup
+from infer_lab.speculative import (PromptLookupDrafter, speculative_decode, theoretical_speedup,
+                                   verify)
 
 
 def tiny(seed, vocab=50, layers=2, d=32):
@@ -44,7 +48,8 @@ def test_correct_rule_keeps_the_distribution():
     assert sc.chi_square(counts, P)[2] > 1e-3
 
 
-@pytest.mark.parametrize("rule", [r for r in sc.RULES if r != sc.CORRECT])
+@pytest.mark.parametrize("rule", [r for r in sc.RULES
+                                  if r != sc.CORRECT and r not in sc.FIRST_TOKEN_BLIND])
 def test_wrong_rules_are_caught_by_the_chi_square(rule):
     counts = sc.sample_first_tokens(P, Q, 4000, sc.RULES[rule], seed=0)
     assert int(counts.sum()) == 4000
@@ -132,3 +137,87 @@ def test_explorers_measure_once_per_setting(pair):
     dist = sc.DistributionExplorer(target, draft, Tok(), [1, 2], n=200)
     dist.rule.value = "always keep the draft"
     assert dist.result.rule == "always keep the draft" and "p-value" in dist.readout.value
+
+
+# -- the learner's rule drives the distribution tests (issue 17) ------------------------------
+
+RULE = sc.as_rule(verify_draft, accept_or_resample)  # the reference exercises, as a rule
+
+
+@pytest.mark.parametrize("with_q", [True, False])
+def test_as_rule_replays_verify(with_q):
+    g = torch.Generator().manual_seed(0)
+    for seed in range(40):
+        p = torch.softmax(torch.randn(4, 6, generator=g, dtype=torch.float64) * 2, -1)
+        q = torch.softmax(torch.randn(3, 6, generator=g, dtype=torch.float64), -1)
+        draft = [int(torch.multinomial(q[i], 1, generator=g)) for i in range(3)]
+        qq = q if with_q else None
+        assert RULE(p, qq, draft, False, torch.Generator().manual_seed(seed)) == verify(
+            p, qq, draft, False, torch.Generator().manual_seed(seed))
+
+
+def test_as_rule_refuses_an_inconsistent_answer():
+    bad = sc.as_rule(lambda p, q, draft, gen, accept: ([5, 5], 1), accept_or_resample)
+    with pytest.raises(ValueError, match="accepted drafts"):
+        bad(P[None].repeat(2, 1), Q[None], [0], False, None)
+
+
+def test_speculative_decode_runs_the_rule_it_is_given(pair):
+    target, draft = pair
+    s = Sampling(temperature=1.0, seed=3)
+    calls = []
+
+    def counting(*args):
+        calls.append(1)
+        return RULE(*args)
+
+    mine, st = speculative_decode(target, draft, [1, 2, 3], 20, k=3, sampling=s, rule=counting)
+    ref, st_ref = speculative_decode(target, draft, [1, 2, 3], 20, k=3, sampling=s)
+    assert mine == ref and len(calls) == st.target_calls == st_ref.target_calls
+
+
+def test_compare_samplers_takes_a_rule_and_a_softmax(pair):
+    target, draft = pair
+    cmp = sc.compare_samplers(target, draft, [1, 2, 3], 300, 1.0, RULE,
+                              probs=temperature_probs, label="mine")
+    ref = sc.compare_samplers(target, draft, [1, 2, 3], 300, 1.0)
+    assert cmp.rule == "mine" and torch.equal(cmp.spec_counts, ref.spec_counts)
+    assert torch.allclose(cmp.p, ref.p, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def smooth_pair():
+    return tiny(3, vocab=8), tiny(4, vocab=8, layers=1)
+
+
+def test_first_token_blind_rules_pass_the_one_token_test():
+    for name in sc.FIRST_TOKEN_BLIND:
+        counts = sc.sample_first_tokens(P, Q, 4000, sc.RULES[name], seed=0)
+        assert sc.chi_square(counts, P)[2] > 1e-3
+
+
+def test_pair_test_accepts_the_right_rules_and_catches_the_bonus_off_by_one(smooth_pair):
+    target, draft = smooth_pair
+    rules = {"library": sc.CORRECT, "yours": RULE, "off by one": sc.FIRST_TOKEN_BLIND[0],
+             "keep all": "always keep the draft"}
+    res = sp.compare_pairs(target, draft, [1, 2], 3000, rules)
+    pv = {name: [t.pvalue for t in tests] for name, tests in res.items()}
+    assert min(pv["library"]) > 1e-3 and min(pv["yours"]) > 1e-3, pv
+    assert pv["off by one"][0] < 1e-6 and pv["off by one"][1] > 1e-3, pv  # k = 1 only
+    assert max(pv["keep all"]) < 1e-6, pv
+    assert all(sum(t.counts.values()) == 3000 for tests in res.values() for t in tests)
+
+
+def test_pair_sampling_needs_k_1_or_2(smooth_pair):
+    target, draft = smooth_pair
+    rows = sp.NextRows(target, draft, [1], 1.0)
+    with pytest.raises(ValueError, match="k must be"):
+        sp.sample_first_pairs(rows, torch.full((8,), 1 / 8), torch.full((8,), 1 / 8), 10, 3,
+                              verify)
+
+
+def test_distribution_explorer_offers_the_learners_rule_first(pair):
+    target, draft = pair
+    dist = sc.DistributionExplorer(target, draft, Tok(), [1, 2], n=200, rules={sc.YOURS: RULE},
+                                   probs=temperature_probs)
+    assert dist.rule.options[0] == sc.YOURS and dist.result.rule == sc.YOURS

@@ -255,7 +255,7 @@ EXERCISES = [
         rtol=1e-9,
         hint="Draft token i is reached only if the i - 1 before it were accepted (probability "
              "a^(i-1)); every call also emits one token of its own (the correction, or the "
-             "bonus). Add up the chances of each token being emitted; mind a = 1, where the "
+             "bonus). Add up the chances of each token being emitted; mind a equal to 1, where the "
              "closed form divides by zero.",
         code_hint="return k + 1.0 if alpha == 1.0 else (1 - alpha ** (k + 1)) / (1 - alpha)",
         mistakes=[

@@ -29,7 +29,7 @@ Accept = Callable[[torch.Tensor, torch.Tensor, int, float], torch.Tensor]
 
 # -- reference --------------------------------------------------------------------------
 def verify_draft(p: torch.Tensor, q: torch.Tensor, draft: list[int], gen: torch.Generator,
-                 accept: Accept) -> tuple[list[int], int]:
+                 accept: "Accept") -> tuple[list[int], int]:  # noqa: UP037  pasted in a lab
     """The tokens one speculative call emits, and how many drafts were accepted.
 
     p: (k+1, V) target probabilities at each draft position and one past it; q: (k, V)

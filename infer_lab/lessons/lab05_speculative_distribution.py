@@ -9,7 +9,11 @@ norm(max(0, p - q)); then every token has exactly probability p:
 Here the first generated token is drawn many times with plain target sampling and with
 speculative sampling under the right rule and under wrong ones, and a chi-square test
 (:func:`chi_square`) says whether the counts can come from p (:func:`compare_samplers`,
-:class:`DistributionExplorer`). The technique itself is :mod:`infer_lab.speculative`.
+:class:`DistributionExplorer`); :mod:`.lab05_speculative_pairs` tests the first *two*
+tokens, which a one-token test cannot (the bonus token, the second draft). A rule is
+anything with :func:`infer_lab.speculative.verify`'s signature; :func:`as_rule` makes one
+from a learner's ``verify_draft`` and ``accept_or_resample`` (lab 05's exercises). The
+technique itself is :mod:`infer_lab.speculative`.
 """
 
 from __future__ import annotations
@@ -52,21 +56,67 @@ def _ratio_test(p_d: float, q_d: float, gen: torch.Generator | None) -> bool:
     return torch.rand((), generator=gen).item() < min(1.0, p_d / q_d)
 
 
+def _bonus_off_by_one(p, q, draft, greedy, gen):
+    """verify() with its bonus token drawn from the last draft's row, not the row after."""
+    n, nxt = verify(p, q, draft, False, gen)
+    if n == len(draft) and draft:
+        nxt = int(torch.multinomial(p[len(draft) - 1], 1, generator=gen))
+    return n, nxt
+
+
 RULES: dict[str, Callable] = {
     "min(1, p/q), then the residual (correct)": verify,
     "keep only if p >= q": _wrong_rule(lambda p_d, q_d, g: p_d >= q_d, _residual),
     "on rejection, draw from p": _wrong_rule(_ratio_test, lambda p, q: p),
     "always keep the draft": _wrong_rule(lambda *_: True, _residual),
+    "bonus from the last draft's row (off by one)": _bonus_off_by_one,
 }
 CORRECT = next(iter(RULES))
+# Wrong rules whose first token is right: only the two-token test (.lab05_speculative_pairs)
+# can catch them.
+FIRST_TOKEN_BLIND = ("bonus from the last draft's row (off by one)",)
+YOURS = "your verify_draft + accept (or the reference)"  # the learner's rule, in a lab
+
+Probs = Callable[[torch.Tensor, float], torch.Tensor]  # (logits (..., V), T) -> (..., V)
+
+
+def _probs_at(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    return logits_to_probs(logits, Sampling(temperature=temperature))
+
+
+def as_rule(verify_draft: Callable, accept: Callable) -> Callable:
+    """A rule with :func:`~infer_lab.speculative.verify`'s signature from lab 05's
+    ``verify_draft(p, q, draft, gen, accept) -> (tokens, n accepted)``, judging each draft
+    with ``accept`` (``accept_or_resample``), so that :func:`sample_first_tokens` and
+    :func:`~infer_lab.speculative.speculative_decode` run the learner's code."""
+    def rule(p, q, draft, greedy, gen):
+        if q is None:  # a deterministic proposal (prompt lookup): q is one-hot on each draft
+            q = torch.nn.functional.one_hot(torch.tensor(list(draft), dtype=torch.long),
+                                            p.shape[-1]).to(p)  # (k, V)
+        tokens, n = verify_draft(p, q, list(draft), gen, accept)
+        tokens = tokens.tolist() if isinstance(tokens, torch.Tensor) else [int(t) for t in tokens]
+        n = int(n)
+        if tokens[:n] != list(draft[:n]) or len(tokens) != n + 1:
+            raise ValueError(f"verify_draft returned tokens {tokens} with {n} accepted for the "
+                             f"draft {list(draft)}: expected the {n} accepted drafts and one "
+                             "token after them")
+        return n, tokens[n]
+    return rule
+
+
+def pick_rule(rule: str | Callable) -> Callable:
+    """A rule by its name in :data:`RULES`, or the rule itself."""
+    return RULES[rule] if isinstance(rule, str) else rule
 
 
 # -- the distribution check -----------------------------------------------------------------
 @torch.inference_mode()
-def next_token_probs(model: Transformer, prompt: list[int], temperature: float) -> torch.Tensor:
-    """(V,) the model's distribution of the token after ``prompt`` at ``temperature``."""
+def next_token_probs(model: Transformer, prompt: list[int], temperature: float,
+                     probs: Probs = _probs_at) -> torch.Tensor:
+    """(V,) the model's distribution of the token after ``prompt`` at ``temperature``,
+    computed by ``probs`` (the library's softmax at T, or a learner's)."""
     logits = model(torch.tensor([prompt], device=model.device))[0, -1]  # (V,)
-    return logits_to_probs(logits.float(), Sampling(temperature=temperature)).cpu()
+    return probs(logits.float(), temperature).cpu()
 
 
 def sample_first_tokens(p: torch.Tensor, q: torch.Tensor, n: int, rule: Callable = verify,
@@ -126,15 +176,18 @@ class SampleComparison:
 
 
 def compare_samplers(target: Transformer, draft: Transformer, prompt: list[int], n: int,
-                     temperature: float = 1.0, rule: str = CORRECT, seed: int = 0
-                     ) -> SampleComparison:
-    """Draw the token after ``prompt`` n times from the target, and n times speculatively."""
-    p = next_token_probs(target, prompt, temperature)  # (V,)
-    q = next_token_probs(draft, prompt, temperature)  # (V,)
+                     temperature: float = 1.0, rule: str | Callable = CORRECT, seed: int = 0,
+                     probs: Probs = _probs_at, label: str | None = None) -> SampleComparison:
+    """Draw the token after ``prompt`` n times from the target, and n times speculatively
+    with ``rule`` (a name in :data:`RULES`, or a rule; ``label`` names it in figures)."""
+    p = next_token_probs(target, prompt, temperature, probs)  # (V,)
+    q = next_token_probs(draft, prompt, temperature, probs)  # (V,)
     gen = torch.Generator().manual_seed(seed + 1)
     plain = torch.multinomial(p, n, replacement=True, generator=gen)  # (n,)
+    name = label or (rule if isinstance(rule, str) else getattr(rule, "__name__", "rule"))
     return SampleComparison(p, q, torch.bincount(plain, minlength=p.shape[-1]),
-                            sample_first_tokens(p, q, n, RULES[rule], seed), rule, temperature)
+                            sample_first_tokens(p, q, n, pick_rule(rule), seed), name,
+                            temperature)
 
 
 def distribution_figure(cmp: SampleComparison, label: Callable[[int], str] = str,
@@ -167,9 +220,13 @@ class DistributionExplorer(Explorer):
     """Pick an acceptance rule and a temperature: target vs speculative histograms."""
 
     def __init__(self, target: Transformer, draft: Transformer, tok, prompt: list[int],
-                 n: int, temperature: float = 1.0):
+                 n: int, temperature: float = 1.0, rules: dict[str, Callable] | None = None,
+                 probs: Probs = _probs_at):
+        """``rules``: more rules to offer, first (the learner's); ``probs``: the softmax."""
         self.target, self.draft, self.tok, self.prompt = target, draft, tok, prompt
-        self.rule = W.Dropdown(options=list(RULES), value=CORRECT, description="rule",
+        self.rules, self.probs = {**(rules or {}), **RULES}, probs
+        self.rule = W.Dropdown(options=list(self.rules), value=next(iter(self.rules)),
+                               description="rule",
                                layout=W.Layout(width="420px"))
         self.temperature = W.FloatSlider(value=temperature, min=0.25, max=2.0, step=0.25,
                                          description="temperature", continuous_update=False)
@@ -188,7 +245,8 @@ class DistributionExplorer(Explorer):
 
     def update(self) -> None:
         self.result = compare_samplers(self.target, self.draft, self.prompt, self.n.value,
-                                       self.temperature.value, self.rule.value, self.seed)
+                                       self.temperature.value, self.rules[self.rule.value],
+                                       self.seed, self.probs, label=self.rule.value)
         swap_figure(self.figure, distribution_figure(self.result, lambda t: self.tok.decode([t])))
         pt, ps = self.result.pvalues
         verdict = "consistent with" if ps > 0.001 else "<b>not</b>"

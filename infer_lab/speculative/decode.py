@@ -9,7 +9,7 @@ cache rolls back past the rejected tokens and the draft is told what was kept.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -28,12 +28,15 @@ from .verify import verify, verify_greedy
 def speculative_decode(target: Transformer, draft: Transformer | Drafter, prompt: list[int],
                        max_new_tokens: int,
                        k: int = 4, sampling: Sampling = GREEDY, eos_id: int | None = None,
-                       observers: Sequence[observe.Observer] | None = None
-                       ) -> tuple[list[int], SpecStats]:
+                       observers: Sequence[observe.Observer] | None = None,
+                       rule: Callable | None = None) -> tuple[list[int], SpecStats]:
     """Generate up to ``max_new_tokens`` for one prompt; returns (tokens, statistics).
 
     ``observers`` are told of the request, its tokens and its acceptance (None: the
-    defaults of :mod:`infer_lab.observe`).
+    defaults of :mod:`infer_lab.observe`). ``rule`` is the acceptance rule of sampled
+    decoding, with :func:`~infer_lab.speculative.verify.verify`'s signature
+    ``(p, q, draft, greedy, gen) -> (n accepted, next token)`` (None: ``verify``), so a
+    lab can run a learner's; greedy decoding always keeps the longest agreeing prefix.
     """
     k = integer("k (draft tokens per step)", k, lo=1)
     prompt = check_prompts(target, [prompt], max_new_tokens)[0]
@@ -61,7 +64,8 @@ def speculative_decode(target: Transformer, draft: Transformer | Drafter, prompt
         if sampling.greedy:  # accept while the argmax agrees: no probabilities needed
             n, nxt = verify_greedy(logits.argmax(-1).tolist(), proposal)
         else:
-            n, nxt = verify(logits_to_probs(logits.float(), sampling), q, proposal, False, gen)
+            accept = verify if rule is None else rule  # looked up per call: tests patch it
+            n, nxt = accept(logits_to_probs(logits.float(), sampling), q, proposal, False, gen)
         stats.target_seconds += time.perf_counter() - t1
         stats.draft_seconds += t1 - t0
         stats.record(len(proposal), n)
