@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
@@ -30,8 +31,22 @@ from ..generate import (
 from ..kv_cache import KVCache
 from ..model import Transformer
 from ..validate import integer
+from .features import capture_features
 from .stats import SpecStats
 from .tree import TokenTree, TreeCache, keep_path, tree_visibility, verify_tree, verify_tree_greedy
+
+
+@dataclass
+class Round:
+    """What one target forward decided, told to the draft: the tokens it ran (the
+    pending ones, then the tree's), the target's features at each (P + N, C), how many
+    were pending, the accepted path (node indices) and the token chosen after it."""
+
+    tokens: list[int]
+    features: torch.Tensor
+    n_pending: int
+    path: list[int]
+    next_token: int
 
 
 class TreeDrafter(Protocol):
@@ -43,8 +58,8 @@ class TreeDrafter(Protocol):
         """Candidates below the root (the last token committed)."""
         ...
 
-    def commit(self, path: list[int], next_token: int) -> None:
-        """The accepted nodes of the last tree, and the target's token after them."""
+    def commit(self, round: Round) -> None:
+        """What the target kept of the last tree (learned drafts also read its features)."""
         ...
 
     def depth(self) -> int:
@@ -123,13 +138,14 @@ class ModelTreeDrafter:
         q = None if self.sampling.greedy else torch.stack(qs)
         return TokenTree(tokens, parents, q)
 
-    def commit(self, path: list[int], next_token: int) -> None:
+    def commit(self, round: Round) -> None:
         if self.tokens is None:  # no tree this round (the context had no room for one)
-            self.pending.append(next_token)
+            self.pending.append(round.next_token)
             return
+        path = round.path
         fed = [n for n in path if self.depths[n] < len(self.branching)]  # leaves never fed
         keep_path(self.cache, self.start_slot, self.n_pending, fed)
-        self.pending = [self.tokens[n] for n in path[len(fed):]] + [next_token]
+        self.pending = [self.tokens[n] for n in path[len(fed):]] + [round.next_token]
         self.tokens = None
 
 
@@ -171,7 +187,8 @@ def tree_speculative_decode(target: Transformer, drafter: TreeDrafter, prompt: l
         pos = torch.tensor([list(range(base, base + P))
                             + [base + P - 1 + d for d in tree.depths()]], device=target.device)
         x = torch.tensor([pending + tree.tokens], device=target.device)
-        logits = target(x, view, pos)[0, P - 1:]  # (1 + N, V): after the root, after each node
+        with capture_features(target) as seen:
+            logits = target(x, view, pos)[0, P - 1:]  # (1 + N, V): after the root, each node
         if sampling.greedy:
             path, nxt = verify_tree_greedy(logits.argmax(-1).tolist(), tree)
         else:
@@ -182,7 +199,7 @@ def tree_speculative_decode(target: Transformer, drafter: TreeDrafter, prompt: l
         if room:
             stats.record(drafter.depth(), len(path))
         keep_path(cache, start, P, path)
-        drafter.commit(path, nxt)
+        drafter.commit(Round(pending + tree.tokens, seen[-1][0], P, path, nxt))
         pending = [nxt]
         for tok in [tree.tokens[n] for n in path] + [nxt]:
             if len(out) < max_new_tokens and not (out and out[-1] == eos_id):

@@ -1,0 +1,93 @@
+"""Learned drafts (issue 18, section 1): Medusa heads and an EAGLE draft plug into tree
+decoding; whatever their weights, greedy decoding equals the target's, and sampled
+decoding keeps its distribution; a draft made for another target is refused."""
+
+import pytest
+import torch
+
+from infer_lab.config import ModelConfig
+from infer_lab.generate import generate
+from infer_lab.model import Transformer
+from infer_lab.speculative.eagle import EagleDraft, EagleDrafter, eagle_loss
+from infer_lab.speculative.features import features_and_logits
+from infer_lab.speculative.medusa import MedusaDrafter, MedusaHeads, medusa_loss
+from infer_lab.speculative.tree_decode import tree_speculative_decode
+
+
+def tiny(seed, vocab=50, d=32, layers=2, scale=20.0):
+    torch.manual_seed(seed)
+    m = Transformer(ModelConfig(vocab_size=vocab, n_layer=layers, n_head=2, n_kv_head=1,
+                                d_model=d, max_seq_len=128)).eval()
+    with torch.no_grad():
+        m.tok_emb.weight.mul_(scale)
+    return m
+
+
+@pytest.fixture(scope="module")
+def target():
+    return tiny(0)
+
+
+def _noisy(module, seed):
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    return module
+
+
+@pytest.mark.parametrize("branching", [(1,), (3,), (2, 2), (3, 2, 1)])
+def test_medusa_greedy_equals_target(target, branching):
+    heads = _noisy(MedusaHeads.for_target(target, n_heads=3), 1)
+    for prompt in ([3], [1, 4, 1, 5, 9, 2, 6]):
+        out, stats = tree_speculative_decode(target, MedusaDrafter(heads, target, branching),
+                                             prompt, 25)
+        assert out == generate(target, [prompt], 25)[0]
+
+
+@pytest.mark.parametrize("branching", [(1,), (1, 1, 1), (2, 2), (3, 1, 2)])
+def test_eagle_greedy_equals_target(target, branching):
+    draft = _noisy(EagleDraft.for_target(target), 2).eval()
+    for prompt in ([3], [1, 4, 1, 5, 9, 2, 6]):
+        out, stats = tree_speculative_decode(target, EagleDrafter(draft, target, branching),
+                                             prompt, 25)
+        assert out == generate(target, [prompt], 25)[0]
+        assert stats.proposed > 0
+
+
+def test_losses_train_the_drafts(target):
+    x = torch.randint(0, 50, (4, 24), generator=torch.Generator().manual_seed(0))
+    target.requires_grad_(False)  # as the training script does: the target is frozen
+    before = {k: v.clone() for k, v in target.state_dict().items()}
+    heads, draft = MedusaHeads.for_target(target, 2), EagleDraft.for_target(target)
+    for module, loss in ((heads, medusa_loss), (draft, eagle_loss)):
+        opt = torch.optim.AdamW(module.parameters(), lr=3e-3)
+        first = loss(module, target, x).item()
+        for _ in range(30):
+            opt.zero_grad()
+            loss(module, target, x).backward()
+            opt.step()
+        assert loss(module, target, x).item() < 0.8 * first
+    assert all(torch.equal(before[k], v) for k, v in target.state_dict().items())
+
+
+def test_untrained_medusa_heads_predict_the_next_token_again(target):
+    heads = MedusaHeads.for_target(target, 2)
+    f, logits = features_and_logits(target, torch.tensor([[1, 2, 3]]))
+    torch.testing.assert_close(heads(f, target.lm_head)[0], logits)
+
+
+def test_drafts_for_another_target_are_refused(target):
+    other = tiny(1, vocab=60, d=48)
+    with pytest.raises(ValueError, match="trained for a target"):
+        MedusaDrafter(MedusaHeads.for_target(other), target, (2,))
+    with pytest.raises(ValueError, match="trained for a target"):
+        EagleDrafter(EagleDraft.for_target(other), target, (2,))
+    with pytest.raises(ValueError, match="heads"):
+        MedusaDrafter(MedusaHeads.for_target(target, 2), target, (2, 2, 2))
+    with pytest.raises(ValueError, match="branching"):
+        EagleDrafter(EagleDraft.for_target(target), target, (0,))
+    gpt2 = Transformer(ModelConfig(vocab_size=50, n_layer=1, n_head=2, d_model=32,
+                                   max_seq_len=64, block="gpt2"))
+    with pytest.raises(ValueError, match="Llama-style"):
+        EagleDraft.for_target(gpt2)
