@@ -40,7 +40,7 @@ def _noisy(module, seed):
 def test_medusa_greedy_equals_target(target, branching):
     heads = _noisy(MedusaHeads.for_target(target, n_heads=3), 1)
     for prompt in ([3], [1, 4, 1, 5, 9, 2, 6]):
-        out, stats = tree_speculative_decode(target, MedusaDrafter(heads, target, branching),
+        out, _ = tree_speculative_decode(target, MedusaDrafter(heads, target, branching),
                                              prompt, 25)
         assert out == generate(target, [prompt], 25)[0]
 
