@@ -23,7 +23,8 @@ RUNTIMES = "08_runtimes"
 
 # {lab id (the notebook's name): its exercises, in the order the lab presents them}
 LABS: dict[str, tuple[str, ...]] = {
-    WELCOME: ("weight_bytes", "decode_tokens_per_second", "cost_per_million_tokens"),
+    WELCOME: ("greedy_decode", "decode_tokens_per_second", "weight_bytes",
+              "cost_per_million_tokens"),
     KV_CACHE: ("decode_attention", "kv_cache_bytes", "sliding_window_mask"),
     QUANTIZATION: ("absmax_quantize", "group_quantize", "pack_int4"),
     PRUNING: ("magnitude_mask", "mask_2_4", "remove_neurons", "neuron_importance"),

@@ -210,3 +210,26 @@ class CostCalculator(Explorer):
 
 def cost_calculator(tokens_per_s: float, dollars_per_hour: float = 2.0) -> CostCalculator:
     return CostCalculator(tokens_per_s, dollars_per_hour)
+
+
+# -- batching on the roofline ----------------------------------------------------------
+def batching_points(cfg, hw, batches: Sequence[int], context: int, name: str
+                    ) -> tuple[list[tuple[str, float, float]], float]:
+    """Roofline markers (label, FLOP/byte, attainable FLOP/s) of a decode step at each
+    batch size, and the intensity an unbounded batch tends to.
+
+    bytes/step = weights + batch x context x KV bytes/token: the weights are shared by
+    the batch, the KV cache is not. So intensity = batch x FLOPs/token / bytes/step
+    rises with the batch only until the KV reads dominate, towards
+    FLOPs/token / (context x KV bytes/token), which for long contexts sits below the ridge.
+    """
+    from ..hardware import roofline
+
+    points = []
+    for b in batches:
+        r = roofline(cfg, batch=b, context=context, hw=hw)
+        points.append((f"{name}, batch {b}", r.intensity,
+                       r.flops_per_step / max(r.memory_time, r.compute_time)))
+    r1 = roofline(cfg, batch=1, context=context, hw=hw)
+    limit = r1.flops_per_token / (context * cfg.kv_bytes_per_token(2)) if context else math.inf
+    return points, limit
