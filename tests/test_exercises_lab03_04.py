@@ -164,3 +164,109 @@ def test_lab03_predictions_explain_their_numbers():
     share = 100 * cfg.n_layer * 3 * cfg.d_model * (cfg.d_ff // 2) / prune.n_params(
         Transformer(cfg))
     assert p.close_enough(31.0, share) and "31%" in p.explain
+
+
+# -- lab 04: soft targets and the KD loss, stable, equal to infer_lab.distill -----------------
+from infer_lab import distill as pkg  # noqa: E402
+from infer_lab.exercises import distillation as ex04  # noqa: E402
+from infer_lab.exercises import distillation_step as ex04s  # noqa: E402
+
+
+def _logits(seed, *shape, scale=1.0):
+    return scale * torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("scale", [1.0, 5.0, 300.0])
+def test_soft_targets_and_kd_loss_equal_the_package(scale):
+    for T in (0.5, 1.0, 2.0, 8.0):
+        z = _logits(0, 3, 7, 40, scale=scale)
+        torch.testing.assert_close(ex04.soft_targets(z, T), pkg.soft_targets(z, T))
+        s, t = _logits(1, 3, 7, 40, scale=scale), _logits(2, 3, 7, 40, scale=3 * scale)
+        want = pkg.kd_loss(s, t, T)
+        assert torch.isfinite(want)
+        torch.testing.assert_close(ex04.kd_loss(s, t, T), want, rtol=1e-5, atol=1e-6)
+
+
+def test_large_logit_cases_break_a_naive_softmax():
+    for name, mistake in (("soft_targets", "unstable exp"), ("kd_loss", "log of softmax")):
+        ex = EXERCISES[name]
+        m = next(m for m in ex.mistakes if m.name == mistake)
+        broken = [c for c in ex.fixed_cases
+                  if not torch.isfinite(torch.as_tensor(ex._call(m.fn, c))).all()]
+        assert broken, f"{name}: no case overflows the naive version"
+        assert all(torch.isfinite(torch.as_tensor(ex._call(ex.reference, c))).all()
+                   for c in broken)
+    r = _check("soft_targets", lambda z, T: torch.exp(z / T) / torch.exp(z / T).sum(
+        -1, keepdim=True))
+    assert not r and r.mistake == "unstable exp", r.message
+
+    def shifted(z, T):  # a stable hand-written softmax passes
+        z = z / T
+        e = (z - z.amax(-1, keepdim=True)).exp()
+        return e / e.sum(-1, keepdim=True)
+
+    assert _check("soft_targets", shifted).passed
+
+    def kl_div(s, t, T):  # the library's KL, 'batchmean' on a (positions, V) view
+        V = s.shape[-1]
+        return T * T * torch.nn.functional.kl_div(
+            torch.log_softmax(s / T, -1).reshape(-1, V), torch.log_softmax(t / T, -1).reshape(
+                -1, V), reduction="batchmean", log_target=True)
+
+    assert _check("kd_loss", kl_div).passed
+
+
+# -- lab 04: one distillation step ---------------------------------------------------------------
+def test_distill_step_equals_one_step_of_the_package_loop():
+    from infer_lab.distill.loop import DistillConfig, _objective
+    from infer_lab.zoo.loop import Run, _step
+
+    case = ex04s._step_case(7, batch=2, seq=6, T=2.0)
+    student, teacher, opt, x, T, _ = copy.deepcopy(case.args)
+    for p in student.parameters():
+        p.grad = torch.ones_like(p)  # stale gradients: both must clear them
+    mine = copy.deepcopy(student)
+    mine_opt = torch.optim.SGD(mine.parameters(), lr=0.5, momentum=0.9)
+    loss = ex04s.distill_step(mine, teacher, mine_opt, x, T, pkg.kd_loss)
+    cfg = DistillConfig(loss="kd", temperature=T, kd_weight=1.0)
+    objective, _ = _objective(student, teacher, cfg)
+    y = torch.zeros_like(x)  # the CE term is weighted 0 at kd_weight 1
+    value = _step(Run(student, opt, torch.Generator()), objective, (x, y), lr=0.5,
+                  grad_clip=float("inf"), after_step=None)
+    assert loss == pytest.approx(value, rel=1e-6)
+    for a, b in zip(mine.parameters(), student.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    assert all(p.grad is None for p in teacher.parameters())
+
+
+def test_distill_step_wrong_answers_are_named():
+    r = _check("distill_step", lambda *a: None)
+    assert not r and "TypeError" in r.message
+    r = _check("distill_step", ex04s._teacher_tracked)
+    assert r.mistake == "teacher tracked" and "teacher collected gradients" in r.message
+
+
+def test_distill_takes_the_learners_soft_loss(tiny):
+    from infer_lab.distill import DISTILL_PRESETS, distill
+    import numpy as np  # noqa: I001
+
+    ids = np.random.default_rng(0).integers(0, 64, 4000)
+    calls = []
+
+    def soft(s, t, T):
+        calls.append(T)
+        return ex04.kd_loss(s, t, T)
+
+    cfg = DISTILL_PRESETS["tiny"]
+    cfg = type(cfg)(**{**cfg.__dict__, "loss": "kd", "temperature": 2.0})
+    a = distill(copy.deepcopy(tiny), tiny, cfg, ids, ids, progress=False)
+    b = distill(copy.deepcopy(tiny), tiny, cfg, ids, ids, progress=False, soft_loss=soft)
+    assert calls and set(calls) == {2.0}
+    assert b.final_valid_loss == pytest.approx(a.final_valid_loss, rel=1e-4)
+
+
+def test_lab04_predictions_are_asked_with_tolerances():
+    from infer_lab.exercises import PREDICTIONS
+
+    mine = [p for p in PREDICTIONS.values() if p.lab == "04_distillation"]
+    assert len(mine) >= 2 and all(p.explain for p in mine)

@@ -71,3 +71,64 @@ def test_final_bars_and_live_start():
     curves = dviz.LiveCurves()
     curves.callback("KD", start=4.0)(5, {"valid_loss": 3.0})
     assert list(curves.figure.data[0].x) == [0, 5]
+
+
+@pytest.fixture(scope="module")
+def pair():
+    from infer_lab.config import get_config
+    from infer_lab.model import Transformer
+
+    torch.manual_seed(0)
+    small = get_config("code-s", n_layer=1, d_model=16, n_head=2, n_kv_head=2, d_ff=32,
+                       vocab_size=64, max_seq_len=128)
+    big = get_config("code-s", n_layer=2, d_model=32, n_head=2, n_kv_head=2, d_ff=64,
+                     vocab_size=64, max_seq_len=128)
+    return Transformer(small).eval(), Transformer(big).eval()
+
+
+def test_train_with_step_runs_the_given_step(pair):
+    import copy
+
+    import numpy as np
+
+    from infer_lab.distill import DISTILL_PRESETS, kd_loss
+    from infer_lab.exercises.distillation_step import distill_step
+    from infer_lab.lessons import lab04_distillation_payoff as pay
+
+    student, teacher = copy.deepcopy(pair[0]), pair[1]
+    ids = np.random.default_rng(0).integers(0, 64, 3000)
+    calls, seen = [], []
+
+    def step(*args):
+        calls.append(args[4])
+        return distill_step(*args)
+
+    before = [p.detach().clone() for p in student.parameters()]
+    loss = pay.train_with_step(student, teacher, step, kd_loss, DISTILL_PRESETS["tiny"], ids,
+                               ids, callback=lambda s, r: seen.append((s, r["valid_loss"])))
+    assert len(calls) == DISTILL_PRESETS["tiny"].steps and [s for s, _ in seen] == [4, 8]
+    assert loss == seen[-1][1] and not student.training
+    assert any(not torch.equal(a, b) for a, b in zip(before, student.parameters()))
+
+
+def test_payoff_measures_speed_and_acceptance(pair):
+    import numpy as np
+
+    from infer_lab.lessons import lab04_distillation_payoff as pay
+
+    small, big = pair
+    prompts = pay.prompts_from(np.arange(200) % 64, 2, length=8)
+    assert len(prompts) == 2 and all(len(p) == 8 for p in prompts)
+    out = pay.measure_payoff(big, {"self": big, "small": small}, prompts, n_new=8,
+                             decode_tokens=4, repeats=1)
+    assert set(out) == {"teacher", "self", "small"}
+    assert out["self"]["alpha"] == pytest.approx(1.0)  # the teacher agrees with itself
+    assert 0 <= out["small"]["alpha"] <= 1 and min(v["tokens_per_s"] for v in out.values()) > 0
+    losses = {"teacher": 2.0, "self": 2.0, "small": 3.0}
+    ex = pay.PayoffExplorer(out, losses)
+    assert "alpha = <b>1.00" in ex.readout.value
+    ex.student.value = "small"
+    ex.k.value = 2
+    a, c, s = ex.speedup("small", 2)
+    assert f"{s:.2f}x" in ex.readout.value and len(ex.figure.data) == 3
+    _titled(ex.figure)

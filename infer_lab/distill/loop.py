@@ -113,10 +113,14 @@ def _reapply(model: nn.Module, masks: dict[str, torch.Tensor] | None) -> None:
                 model.get_submodule(name).weight.mul_(m)
 
 
+SoftLoss = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]  # (s, t, T) -> L
+
+
 def distill(student: nn.Module, teacher: nn.Module | None, cfg: DistillConfig,
             train_ids: np.ndarray, valid_ids: np.ndarray, checkpoint_dir: Path | str | None = None,
             callback: Callable[[int, dict], None] | None = None, progress: bool = True,
-            masks: dict[str, torch.Tensor] | None = None) -> DistillResult:
+            masks: dict[str, torch.Tensor] | None = None,
+            soft_loss: SoftLoss | None = None) -> DistillResult:
     """Train ``student`` in place on ``train_ids`` with ``cfg.loss``; evaluate on ``valid_ids``.
 
     teacher: required by kd / reverse_kl / hidden, ignored otherwise (None for "ce").
@@ -124,10 +128,13 @@ def distill(student: nn.Module, teacher: nn.Module | None, cfg: DistillConfig,
         ``cfg.checkpoint_every`` steps, and at the end) and resume from it when present.
     callback(step, record): called after each eval, e.g. to redraw a live curve.
     masks: {linear name: bool mask} re-applied after every step (prune, then distill).
+    soft_loss(student_logits, teacher_logits, T): the teacher term of loss "kd" and
+        "hidden" (default :func:`~infer_lab.distill.losses.kd_loss`; lab 04 passes the
+        learner's).
     """
     _check_teacher(student, teacher, cfg)
     torch.manual_seed(cfg.seed)
-    loss, proj = _objective(student, teacher, cfg)
+    loss, proj = _objective(student, teacher, cfg, soft_loss)
     params = list(student.named_parameters())
     if proj is not None:  # the projection learns with the student
         params += [("proj." + n, p) for n, p in proj.named_parameters()]
@@ -155,8 +162,8 @@ def _check_teacher(student: nn.Module, teacher: nn.Module | None, cfg: DistillCo
                          "shared tokenizer")
 
 
-def _objective(student: nn.Module, teacher: nn.Module | None,
-               cfg: DistillConfig) -> tuple[Loss, nn.Module | None]:
+def _objective(student: nn.Module, teacher: nn.Module | None, cfg: DistillConfig,
+               soft_loss: SoftLoss | None = None) -> tuple[Loss, nn.Module | None]:
     """The loss the loop minimises, (model, batch) -> L, and the hidden-state projection
     it trains beside the student (loss "hidden"; else None)."""
     pairs = proj = None
@@ -165,7 +172,7 @@ def _objective(student: nn.Module, teacher: nn.Module | None,
         proj = HiddenProjection(student.config.d_model, teacher.config.d_model)
 
     def loss(model: nn.Module, batch: Batch) -> torch.Tensor:
-        return _loss(model, teacher, proj, pairs, cfg, *batch)
+        return _loss(model, teacher, proj, pairs, cfg, *batch, soft_loss=soft_loss)
 
     return loss, proj
 
@@ -204,7 +211,7 @@ def _result(student: nn.Module, state: dict[str, Any], cfg: DistillConfig,
 
 def _loss(student: nn.Module, teacher: nn.Module | None, proj: nn.Module | None,
           pairs: list[tuple[int, int]] | None, cfg: DistillConfig,
-          x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+          x: torch.Tensor, y: torch.Tensor, soft_loss: SoftLoss | None = None) -> torch.Tensor:
     s_idx = [s for s, _ in pairs] if pairs else []
     t_idx = [t for _, t in pairs] if pairs else []
     with torch.autocast("cpu", torch.bfloat16, enabled=cfg.bf16), \
@@ -216,7 +223,7 @@ def _loss(student: nn.Module, teacher: nn.Module | None, proj: nn.Module | None,
     with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=cfg.bf16), \
             capture_blocks(teacher, t_idx) as ht:
         t_logits = teacher(x)  # (B, T, V)
-    soft = (reverse_kl_loss if cfg.loss == "reverse_kl" else kd_loss)(
+    soft = (reverse_kl_loss if cfg.loss == "reverse_kl" else soft_loss or kd_loss)(
         logits, t_logits, cfg.temperature)
     loss = cfg.kd_weight * soft + (1 - cfg.kd_weight) * ce
     if cfg.loss == "hidden":
