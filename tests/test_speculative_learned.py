@@ -91,3 +91,34 @@ def test_drafts_for_another_target_are_refused(target):
                                    max_seq_len=64, block="gpt2"))
     with pytest.raises(ValueError, match="Llama-style"):
         EagleDraft.for_target(gpt2)
+
+
+# -- training: resumable, deterministic -------------------------------------------------------
+@pytest.mark.parametrize("kind", ["medusa", "eagle"])
+def test_an_interrupted_training_resumes_to_the_same_weights(tmp_path, kind):
+    import numpy as np
+
+    from infer_lab.speculative.train_draft import DraftConfig, export, train
+
+    target = tiny(0)
+    ids = np.random.default_rng(0).integers(0, 50, 4000).astype(np.int32)
+    cfg = DraftConfig(steps=6, batch_size=2, seq_len=16, eval_every=3, eval_tokens=64,
+                      warmup=2, n_heads=2)
+    whole, s1 = train(kind, target, "tiny", ids, ids, cfg, tmp_path / "a", progress=False)
+    _, cut = train(kind, target, "tiny", ids, ids, cfg, tmp_path / "b", until=3, progress=False)
+    assert cut["step"] == 3 and (tmp_path / "b" / "ckpt.pt").exists()
+    resumed, s2 = train(kind, target, "tiny", ids, ids, cfg, tmp_path / "b", progress=False)
+    assert s2["step"] == 6 and len(s2["history"]) == len(s1["history"]) == 2
+    for (k, a), (_, b) in zip(whole.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(a, b), k
+    with pytest.raises(ValueError, match="another run"):
+        train(kind, target, "other", ids, ids, cfg, tmp_path / "b", progress=False)
+
+    class Tok:
+        def encode(self, text):
+            return [ord(c) % 50 for c in text]
+
+    card = export(kind, "tiny", whole, target, Tok(), cfg, s1, tmp_path / "out",
+                  prompts=[[1, 2, 3], [4, 5]])
+    assert (tmp_path / "out" / f"tiny.{kind}.safetensors").exists()
+    assert 0 <= card["acceptance_greedy"]["alpha"] <= 1 and card["train_steps"] == 6

@@ -202,18 +202,24 @@ def train_loop(run: Run, loss: Loss, tc: TrainConfig, train_ids: np.ndarray,
                after_step: Callable[[], None] | None = None,
                record: Callable[[int, float, float, float], dict] = default_record,
                on_eval: Callable[[int, dict], None] | None = None,
-               desc: str = "train", progress: bool = True) -> dict[str, Any]:
+               desc: str = "train", progress: bool = True,
+               valid_loss: Callable[[nn.Module], float] | None = None,
+               until: int | None = None) -> dict[str, Any]:
     """Train ``run`` from ``run.state["step"]`` to ``tc.steps``; returns the final state.
 
     record(step, train_loss, valid_loss, seconds) makes each history entry; on_eval(step,
     entry) is called after it, once that step's checkpoint is written. ``seconds`` counts
-    training only: evaluation time is not training time.
+    training only: evaluation time is not training time. ``valid_loss(model)`` replaces
+    the held-out next-token loss for models that are not language models themselves (a
+    draft's heads, scored on their own objective). ``until`` stops early at that step,
+    with a checkpoint, without changing the schedule (a run split across sessions).
     """
     from tqdm.auto import tqdm
 
     state = run.state
     t_last = t_saved = time.time()
-    bar = tqdm(range(state["step"], tc.steps), initial=state["step"], total=tc.steps,
+    last = tc.steps if until is None else min(until, tc.steps)
+    bar = tqdm(range(state["step"], last), initial=state["step"], total=tc.steps,
                desc=desc, disable=not progress)
     for step in bar:
         batch = get_batch(train_ids, tc.batch_size, tc.seq_len, run.gen)  # (B, T) each
@@ -225,11 +231,12 @@ def train_loop(run: Run, loss: Loss, tc: TrainConfig, train_ids: np.ndarray,
         bar.set_postfix(loss=f"{value:.3f}")
         entry = None
         if done % tc.eval_every == 0 or done == tc.steps:
-            vl = evaluate(run.model, valid_ids, tc.seq_len, tc.eval_tokens, tc.bf16)
+            vl = (evaluate(run.model, valid_ids, tc.seq_len, tc.eval_tokens, tc.bf16)
+                  if valid_loss is None else valid_loss(run.model))
             entry = record(done, value, vl, state["elapsed"])
             state["history"].append(entry)
             t_last = time.time()
-        if checkpoint is not None and checkpoint.due(done, tc.steps, time.time() - t_saved):
+        if checkpoint is not None and checkpoint.due(done, last, time.time() - t_saved):
             checkpoint.save(run)
             t_saved = time.time()
         if entry is not None and on_eval is not None:

@@ -1,0 +1,232 @@
+"""Train a learned draft for a target: ``python -m infer_lab.speculative.train_draft``.
+
+    python -m infer_lab.speculative.train_draft medusa code-m
+    python -m infer_lab.speculative.train_draft eagle smollm2-135m --minutes 60
+
+The target is frozen; only the draft (Medusa's heads, EAGLE's layer) learns, through the
+zoo's one training loop (:mod:`infer_lab.zoo.loop`: AdamW, warmup + cosine, clipping,
+atomic checkpoints that hold the optimizer and the batch generator, so a run cut
+anywhere and resumed ends with the weights of an uninterrupted one). The data is the
+standard library's source, the zoo's corpus: every machine has it, and its validation
+files (never trained on) give the held-out loss and the prompts on which the card's
+acceptance rate is measured. ``--minutes`` stops a run early (a checkpoint is written;
+run the command again to continue), so a training can span sessions.
+
+At the end the draft's weights (fp16 safetensors) and a card (JSON: the measured
+acceptance per depth, the config, the history) are written next to the zoo's models.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..zoo import data
+from ..zoo.loop import Checkpoint, Run, TrainConfig, adamw, atomic_save, resume, train_loop
+
+KINDS = ("medusa", "eagle")
+WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "zoo" / "weights"
+RUNS_DIR = Path.home() / ".cache" / "infer_lab" / "drafts"  # outside the repo
+
+
+@dataclass
+class DraftConfig(TrainConfig):
+    """The zoo's recipe, smaller: a draft learns from a frozen target in minutes."""
+
+    steps: int = 1500
+    batch_size: int = 8
+    seq_len: int = 256
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    warmup: int = 50
+    weight_decay: float = 0.0
+    eval_every: int = 250
+    eval_tokens: int = 16384
+    checkpoint_minutes: float = 3.0
+    bf16: bool = False
+    n_heads: int = 4  # Medusa's heads
+
+
+def make_draft(kind: str, target: nn.Module, cfg: DraftConfig) -> nn.Module:
+    if kind == "medusa":
+        from .medusa import MedusaHeads
+
+        return MedusaHeads.for_target(target, cfg.n_heads)
+    if kind == "eagle":
+        from .eagle import EagleDraft
+
+        return EagleDraft.for_target(target)
+    raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+
+
+def draft_loss(kind: str):
+    from .eagle import eagle_loss
+    from .medusa import medusa_loss
+
+    return {"medusa": medusa_loss, "eagle": eagle_loss}[kind]
+
+
+def token_streams(tok, cache_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The train / valid splits of the standard library in ``tok``'s ids, cached."""
+    out = []
+    for split in ("train", "valid"):
+        path = cache_dir / f"{split}.npy"
+        if path.exists():
+            out.append(np.load(path))
+            continue
+        ids: list[int] = []
+        for f in data.iter_files(split):
+            ids.extend(tok.encode(f.text))
+            ids.append(tok.eos_id if getattr(tok, "eos_id", None) is not None else 0)
+        arr = np.asarray(ids, dtype=np.int32)
+        atomic_save(lambda p, a=arr: np.save(p, a), path, suffix=".npy")
+        out.append(arr)
+    return out[0], out[1]
+
+
+def held_out_loss(kind: str, target: nn.Module, ids: np.ndarray, cfg: DraftConfig):
+    """The draft's own objective on fixed validation windows (the same every eval)."""
+    loss = draft_loss(kind)
+    n = min(cfg.eval_tokens, len(ids) - 1) // cfg.seq_len
+    windows = torch.from_numpy(ids[: n * cfg.seq_len].astype(np.int64)).view(n, cfg.seq_len)
+
+    @torch.no_grad()
+    def score(draft: nn.Module) -> float:
+        draft.eval()
+        vals = [float(loss(draft, target, windows[i:i + cfg.batch_size]))
+                for i in range(0, n, cfg.batch_size)]
+        draft.train()
+        return float(np.mean(vals))
+
+    return score
+
+
+def acceptance(kind: str, draft: nn.Module, target: nn.Module, prompts: list[list[int]],
+               depth: int = 4, new_tokens: int = 48) -> dict:
+    """Greedy chain acceptance of the draft on held-out prompts: alpha and per depth."""
+    from .eagle import EagleDrafter
+    from .medusa import MedusaDrafter
+    from .stats import SpecStats
+    from .tree_decode import tree_speculative_decode
+
+    make = {"medusa": MedusaDrafter, "eagle": EagleDrafter}[kind]
+    depth = min(depth, getattr(draft.config, "n_heads", depth))
+    stats = SpecStats()
+    for p in prompts:
+        _, s = tree_speculative_decode(target, make(draft.eval(), target, (1,) * depth), p,
+                                       new_tokens)
+        stats = stats.add(s)
+    return {"alpha": round(stats.alpha, 4), "depth": depth,
+            "tokens_per_target_call": round(stats.tokens_per_target_call, 3),
+            "acceptance_by_position": [round(a, 4) for a in stats.acceptance_by_position()],
+            "prompts": len(prompts), "new_tokens": new_tokens}
+
+
+def train(kind: str, target: nn.Module, target_name: str, train_ids: np.ndarray,
+          valid_ids: np.ndarray, cfg: DraftConfig, run_dir: Path, *,
+          until: int | None = None, progress: bool = True) -> tuple[nn.Module, dict]:
+    """Train (or resume) a ``kind`` draft for the frozen ``target`` up to step ``until``
+    (default: the last); returns the draft and the run's state."""
+    torch.manual_seed(cfg.seed)
+    target.eval().requires_grad_(False)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    draft = make_draft(kind, target, cfg)
+    run = Run(draft, adamw(draft.named_parameters(), cfg), torch.Generator().manual_seed(cfg.seed))
+    ckpt = Checkpoint(run_dir / "ckpt.pt", every_minutes=cfg.checkpoint_minutes,
+                      extra=lambda: {"draft_config": asdict(cfg), "kind": kind,
+                                     "target": target_name},
+                      restore=lambda ck: _same_run(ck, kind, target_name, cfg))
+    if resume(run, ckpt):
+        print(f"resumed {kind} for {target_name} at step {run.state['step']}")
+    loss = draft_loss(kind)
+    state = train_loop(run, lambda m, b: loss(m, target, b[0]), cfg, train_ids, valid_ids,
+                       ckpt, desc=f"{kind} for {target_name}", progress=progress,
+                       valid_loss=held_out_loss(kind, target, valid_ids, cfg), until=until)
+    return draft, state
+
+
+def _same_run(ck: dict, kind: str, target_name: str, cfg: DraftConfig) -> None:
+    if (ck.get("kind"), ck.get("target")) != (kind, target_name) or ck.get(
+            "draft_config") != asdict(cfg):
+        raise ValueError(f"the checkpoint was written by another run ({ck.get('kind')} for "
+                         f"{ck.get('target')}); use another --run-dir or delete it")
+
+
+def steps_per_minute(kind: str, target: nn.Module, cfg: DraftConfig, ids: np.ndarray) -> float:
+    """Training steps a minute on this machine, from a 3-step probe (no weights change)."""
+    from ..zoo.loop import get_batch
+
+    draft, loss, probe = make_draft(kind, target, cfg), draft_loss(kind), torch.Generator()
+    t0 = time.perf_counter()
+    for _ in range(3):
+        x, _ = get_batch(ids, cfg.batch_size, cfg.seq_len, probe.manual_seed(0))
+        loss(draft, target, x).backward()
+    return 3 * 60 / (time.perf_counter() - t0)
+
+
+def export(kind: str, target_name: str, draft: nn.Module, target: nn.Module, tok,
+           cfg: DraftConfig, state: dict, out_dir: Path,
+           prompts: list[list[int]] | None = None) -> dict:
+    """``<target>.<kind>.safetensors`` (fp16) and ``<target>.<kind>.json`` (the card, its
+    acceptance measured on ``prompts``: default, 8 held-out files' first 400 characters)."""
+    from safetensors.torch import save_file
+
+    with torch.no_grad():
+        for p in draft.parameters():
+            p.copy_(p.half().float())  # the card measures the weights users load
+    prompts = data.held_out_prompts(tok, 8, 400) if prompts is None else prompts
+    card = {"kind": kind, "target": target_name,
+            "params": sum(p.numel() for p in draft.parameters()),
+            "acceptance_greedy": acceptance(kind, draft, target, prompts),
+            "train_steps": state["step"], "train_minutes": round(state["elapsed"] / 60, 1),
+            "train_config": asdict(cfg), "data_rule": data.RULE, "torch": torch.__version__,
+            "history": state["history"]}
+    stem = f"{target_name}.{kind}"
+    sd = {k: v.detach().half().contiguous() for k, v in draft.state_dict().items()}
+    atomic_save(lambda p: save_file(sd, str(p)), out_dir / f"{stem}.safetensors")
+    atomic_save(lambda p: p.write_text(json.dumps(card, indent=2)), out_dir / f"{stem}.json")
+    print(json.dumps({k: v for k, v in card.items() if k != "history"}, indent=2))
+    return card
+
+
+def main(argv: list[str] | None = None) -> None:
+    import infer_lab
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("kind", choices=KINDS)
+    ap.add_argument("target", help="code-m, or smollm2-135m")
+    ap.add_argument("--steps", type=int, help="override the step count")
+    ap.add_argument("--minutes", type=float, help="stop (with a checkpoint) after about this")
+    ap.add_argument("--run-dir", type=Path, help=f"checkpoints (default {RUNS_DIR}/...)")
+    ap.add_argument("--out-dir", type=Path, default=WEIGHTS_DIR)
+    ap.add_argument("--threads", type=int, help="torch CPU threads")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = DraftConfig() if args.steps is None else DraftConfig(steps=args.steps)
+    run_dir = args.run_dir or RUNS_DIR / f"{args.target}.{args.kind}"
+    target, tok = infer_lab.load(args.target, device="cpu", dtype=torch.float32)
+    train_ids, valid_ids = token_streams(tok, run_dir)
+    until = None
+    if args.minutes is not None:
+        done = torch.load(run_dir / "ckpt.pt", weights_only=False)["state"]["step"] if (
+            run_dir / "ckpt.pt").exists() else 0
+        until = done + max(1, int(args.minutes * steps_per_minute(args.kind, target, cfg,
+                                                                  train_ids)))
+    draft, state = train(args.kind, target, args.target, train_ids, valid_ids, cfg, run_dir,
+                         until=until)
+    if state["step"] < cfg.steps:
+        print(f"stopped at step {state['step']} of {cfg.steps}; run again to continue")
+        return
+    export(args.kind, args.target, draft, target, tok, cfg, state, args.out_dir)
+
+
+if __name__ == "__main__":
+    main()
