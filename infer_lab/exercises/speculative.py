@@ -312,5 +312,6 @@ PREDICTIONS = [
                 "each extra draft token costs c for every call but adds only alpha^k "
                 "expected tokens. A cheap draft (small c) with a high alpha wants a large k; "
                 "noise in the timings moves the measured best by a step when the curve is "
-                "flat near its top."),
+                "flat near its top. Where no k pays (every speedup below 1, as on a busy CPU), "
+                "the best k is the one that loses least: the smallest, unless alpha is high."),
 ]
