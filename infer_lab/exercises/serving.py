@@ -9,15 +9,19 @@
   chunked prefill (Sarathi, Agrawal et al. 2023): running sequences first, oldest first,
   each taking ``min(pending, budget)`` tokens; then waiting prompts first come, first
   served, each taking ``min(prompt, budget)`` tokens while the budget lasts and fewer
-  than ``max_num_seqs`` sequences run. Memory is assumed plentiful here.
+  than ``max_num_seqs`` sequences run. Memory is assumed plentiful here: the engine
+  carries the plan out under its block checks (``Engine(..., schedule_policy=...)``).
+* prefix_lookup and preempt_victims (the prefix cache and preemption):
+  :mod:`.serving_memory`. Lab 06's predictions are :data:`PREDICTIONS`.
 """
 
 from __future__ import annotations
 
 import random
 
-from . import catalog
+from . import catalog, serving_memory
 from .checker import Case, Exercise, Mistake
+from .predictions import Prediction
 
 LAB = catalog.SERVING  # the notebook's name
 
@@ -180,22 +184,25 @@ EXERCISES = [
             Case((4, 16, [("grow", 7, 1), ("grow", 7, 16), ("grow", 7, 17)])),
         ],
         random_case=_random_ops_case,
-        hint="A sequence of n tokens needs ceil(n / block_size) blocks; grow its table by the "
-             "difference, popping from the front of the free list. On free, append its "
-             "blocks to the end of the free list, last block first.",
+        hint="A sequence holds as many blocks as it takes to fit its tokens, a partly filled "
+             "last block included; growing takes only the blocks it lacks, from the front of "
+             "the free list. A finished sequence gives its blocks back to the end of the "
+             "free list, its last block first.",
+        code_hint="need = -(-num_tokens // block_size) - len(table); take free.pop(0) that many "
+                  "times; on free: free.extend(reversed(tables.pop(seq_id)))",
         mistakes=[
             Mistake("floor", _tables_floor,
-                    "A partly filled block is still a block: use ceil(n / block_size), e.g. "
-                    "-(-n // block_size), not n // block_size."),
+                    "A partly filled block is still a block: round the block count up, "
+                    "not down."),
             Mistake("never returned", _tables_no_return,
                     "A finished sequence's blocks go back on the free list, or the pool "
                     "leaks until nothing can run."),
             Mistake("reallocated", _tables_realloc,
-                    "Growing keeps the blocks the sequence already holds: take only "
-                    "ceil(n / block_size) - len(table) new ones."),
+                    "Growing keeps the blocks the sequence already holds: take only the "
+                    "ones it lacks."),
             Mistake("free order", _tables_free_in_order,
-                    "Return the blocks last block first (reversed(table)): a prompt's first "
-                    "blocks are the ones other requests share, so they should be reused last."),
+                    "Return the blocks last block first: a prompt's first blocks are the "
+                    "ones other requests share, so they should be reused last."),
         ],
     ),
     Exercise(
@@ -209,14 +216,18 @@ EXERCISES = [
             Case(([(5, 1)], [], 4, 1)),
             Case(([(0, 1), (1, 1)], [(2, 30), (3, 1)], 10, 8)),
         ],
-        random_case=_random_sched_case,
-        hint="First the running sequences in order, each min(pending, budget) tokens; then "
-             "the waiting ones in arrival order, each min(prompt, budget), stopping when the "
-             "budget is 0 or max_num_seqs sequences (running ones included) are scheduled.",
+        random_case=_random_sched_case, kind="technique",
+        hint="Running sequences first, oldest first, each taking what it has pending or "
+             "what is left of the budget, whichever is less; then waiting prompts in arrival "
+             "order, each cut to the budget left, until the budget is spent or max_num_seqs "
+             "sequences (the running ones included) are in the step.",
+        code_hint="out, budget = [], token_budget; for sid, p in running: if budget == 0: "
+                  "break; n = min(p, budget); out.append((sid, n)); budget -= n; then the same "
+                  "over waiting, also stopping once len(running) + admitted >= max_num_seqs",
         mistakes=[
             Mistake("no budget", _sched_no_budget,
                     "The step has a token budget: the tokens of all scheduled sequences "
-                    "must add up to at most token_budget (cut the last prompt into a chunk)."),
+                    "add up to at most token_budget (the last prompt is cut into a chunk)."),
             Mistake("prefill first", _sched_prefill_first,
                     "Running sequences go first: a decode costs one token, and making "
                     "running requests wait for new prompts stalls their token stream."),
@@ -225,7 +236,32 @@ EXERCISES = [
                     "the budget left (chunked prefill), never overtaken by a later one."),
             Mistake("no seq limit", _sched_no_max_seqs,
                     "At most max_num_seqs sequences run, the running ones included: stop "
-                    "admitting when running + admitted reaches it."),
+                    "admitting when running and admitted together reach it."),
         ],
     ),
+    *serving_memory.EXERCISES,
+]
+
+
+# Predict, then measure: section 2's snapshot of the paged pool (lab 06 asks both).
+PREDICTIONS = [
+    Prediction(
+        "serving_kv_bytes_held", LAB,
+        "At the snapshot step, how many bytes of K/V do the blocks the running sequences "
+        "hold take in the pool (K and V, every layer, a shared block counted once)? "
+        "Within 25%.", "bytes", rel_tol=0.25,
+        explain="bytes = blocks held x block_size x 2 (K and V) x n_layer x n_kv_head x "
+                "head_dim x bytes per element. Each sequence holds ceil(n / block_size) "
+                "blocks, its last one partly empty, and the shared prefix blocks are stored "
+                "once however many tables point at them."),
+    Prediction(
+        "serving_contiguous_over_paged", LAB,
+        "How many times more token slots does a contiguous cache reserve (max_seq_len per "
+        "running sequence) than the paged blocks hold at that step (shared blocks counted "
+        "once)? Within 25%.", "x", rel_tol=0.25,
+        explain="A contiguous cache reserves max_seq_len slots per sequence whatever its "
+                "length; the pool holds about the tokens themselves (less than block_size "
+                "empty slots per sequence, the shared prefix once). The ratio is about "
+                "max_seq_len over the mean length, more where the prefix is shared: that "
+                "is the memory PagedAttention gives back to the batch."),
 ]

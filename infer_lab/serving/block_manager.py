@@ -22,6 +22,11 @@ so two requests that share a prompt prefix map its blocks to the same physical b
 findable until the block is reused for something else (least recently freed first),
 so the cache also serves requests that arrive after the first one finished.
 
+The lookup plugs in from outside (``prefix_lookup``; lab 06 runs the learner's): it gets
+the tokens, the block size, a read-only view of the index and :func:`block_hash`, and
+returns block ids; the manager still compares each hit's own tokens with the prompt's
+(so a hash collision never serves other tokens' K/V).
+
 This module is plain Python: it decides which block ids hold what; the tensors live
 in :mod:`infer_lab.serving.paged_attention`.
 """
@@ -29,7 +34,9 @@ in :mod:`infer_lab.serving.paged_attention`.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
 from .sequence import Sequence
 
@@ -47,15 +54,21 @@ def block_hash(parent: int | None, token_ids: tuple[int, ...]) -> int:
     return hash((parent, token_ids))
 
 
+# (tokens, block_size, index hash -> block id, block_hash) -> cached block ids, in order
+PrefixLookup = Callable[[list[int], int, Mapping[int, int], Callable], list[int]]
+
+
 class BlockManager:
     """Free list, reference counts, block tables and the prefix-cache index."""
 
-    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True):
+    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True,
+                 prefix_lookup: PrefixLookup | None = None):
         if num_blocks < 1 or block_size < 1:
             raise ValueError(f"need num_blocks >= 1 and block_size >= 1, got "
                              f"{num_blocks} and {block_size}")
         self.num_blocks, self.block_size = num_blocks, block_size
         self.enable_prefix_caching = enable_prefix_caching
+        self.prefix_lookup = prefix_lookup
         self.blocks = [Block(i) for i in range(num_blocks)]
         # Insertion order = least recently freed first: reusing those first keeps the
         # recently used prefixes cached longest (LRU eviction).
@@ -91,6 +104,15 @@ class BlockManager:
             return []
         tokens, bs = seq.tokens, self.block_size
         hits: list[int] = []
+        if self.prefix_lookup is not None:
+            found = self.prefix_lookup(list(tokens), bs, MappingProxyType(self.cached),
+                                       block_hash)
+            for i, bid in enumerate(list(found)[:(len(tokens) - 1) // bs]):
+                ok = isinstance(bid, int) and 0 <= bid < self.num_blocks
+                if not ok or self.blocks[bid].token_ids != tuple(tokens[i * bs:(i + 1) * bs]):
+                    break  # the tokens decide, whatever the lookup said
+                hits.append(bid)
+            return hits
         h = None
         for i in range((len(tokens) - 1) // bs):
             ids = tuple(tokens[i * bs:(i + 1) * bs])

@@ -40,13 +40,13 @@ from dataclasses import dataclass
 from .. import observe
 from ..generate import GREEDY, Sampling, check_decoding
 from ..model import Transformer
-from .block_manager import BlockManager
+from ..validate import token_ids
+from .block_manager import BlockManager, PrefixLookup
+from .interface import EngineLoad, KVUsage, StepRecord, TokenOutput
 from .model_runner import ModelRunner
 from .paged_attention import DECODE_ATTENTION, PagedKVCache
-from .scheduler import Scheduler, SchedulerOutput
-from .interface import EngineLoad, KVUsage, StepRecord, TokenOutput
+from .scheduler import PreemptionPolicy, Scheduler, SchedulerOutput, StepPolicy
 from .sequence import Sequence
-from ..validate import token_ids
 
 __all__ = ["Engine", "EngineConfig", "EngineLoad", "KVUsage", "StepRecord", "TokenOutput"]
 
@@ -88,15 +88,21 @@ class Engine:
     """
 
     def __init__(self, model: Transformer, config: EngineConfig | None = None,
-                 observers: Seq[observe.Observer] | None = None):
+                 observers: Seq[observe.Observer] | None = None, *,
+                 schedule_policy: StepPolicy | None = None,
+                 preemption: PreemptionPolicy | None = None,
+                 prefix_lookup: PrefixLookup | None = None):
         self.model = model.eval()
         # Told of every step as plain data (observe.EngineStep); None: observe's defaults,
         # read at each step, so a monitor connected later still hears this engine.
         self.observers = observers
         self.config = c = config or EngineConfig()
-        self.block_manager = BlockManager(c.num_blocks, c.block_size, c.enable_prefix_caching)
+        # The policies plug in as functions (lab 06 runs the learner's); None: built in.
+        self.block_manager = BlockManager(c.num_blocks, c.block_size, c.enable_prefix_caching,
+                                          prefix_lookup)
         self.scheduler = Scheduler(self.block_manager, c.max_num_seqs,
-                                   c.max_num_batched_tokens, c.chunked_prefill)
+                                   c.max_num_batched_tokens, c.chunked_prefill,
+                                   schedule_policy, preemption)
         self.cache = PagedKVCache.for_model(model, c.num_blocks, c.block_size,
                                             c.decode_attention)
         self.runner = ModelRunner(model, self.cache)
@@ -108,9 +114,11 @@ class Engine:
 
     # -- requests -----------------------------------------------------------------------
     def add_request(self, prompt: list[int], max_tokens: int, sampling: Sampling = GREEDY,
-                    eos_id: int | None = None, arrival_time: float | None = None
-                    ) -> Sequence:
+                    eos_id: int | None = None, arrival_time: float | None = None,
+                    priority: int = 0) -> Sequence:
         """Queue a request; raises ValueError for input that can never be served.
+
+        ``priority``: lower is more important; only a ``preemption`` policy reads it.
 
         The rules are :mod:`infer_lab.validate`'s, as for ``generate`` and the server.
         """
@@ -121,7 +129,7 @@ class Engine:
         if seq.max_len > cfg.max_seq_len:
             raise ValueError(f"prompt of {len(seq.prompt)} tokens + max_tokens={max_tokens} "
                              f"exceeds the model's context of {cfg.max_seq_len} tokens")
-        self.scheduler.add(seq)  # checks that the request fits the KV pool
+        self.scheduler.add(seq, priority)  # checks that the request fits the KV pool
         self.requests[seq.seq_id] = seq
         return seq
 
