@@ -7,13 +7,27 @@ import torch
 
 from infer_lab.config import ModelConfig
 from infer_lab.exercises import serving as ex
-from infer_lab.model import Transformer
-from infer_lab.serving import (BlockManager, DynamicBatcher, Engine, EngineConfig, Scheduler,
-                               Sequence, StaticBatcher, Status)
 from infer_lab.lessons import lab06_serving as sviz
 from infer_lab.lessons.lab06_serving import SIZES as LAB_SIZES
-from infer_lab.lessons.lab06_serving_trace import (Request, make_requests, poisson_arrivals,
-                                                   rate_sweep, replay, run_trace)
+from infer_lab.lessons.lab06_serving_trace import (
+    Request,
+    make_requests,
+    poisson_arrivals,
+    rate_sweep,
+    replay,
+    run_trace,
+)
+from infer_lab.model import Transformer
+from infer_lab.serving import (
+    BlockManager,
+    DynamicBatcher,
+    Engine,
+    EngineConfig,
+    Scheduler,
+    Sequence,
+    StaticBatcher,
+    Status,
+)
 
 CFG = ModelConfig(vocab_size=97, n_layer=1, n_head=2, n_kv_head=1, d_model=16, max_seq_len=128)
 
@@ -175,3 +189,40 @@ def test_compare_reads_times_the_cpp_kernel_reading_in_place():
                       repeats=2)
     assert r.slots[IN_PLACE] == r.slots["blocks"] and r.max_abs_diff < 1e-5
     assert list(reads_figure(r).data[0].x)[-1] == IN_PLACE
+
+
+def test_budget_slider_reruns_the_mix_and_collects_points(model):
+    from infer_lab.lessons import lab06_serving_knobs as knobs
+
+    mix = make_requests(list(range(90)) * 3, 4, (3, 8), (4, 8), seed=2)
+    mix.insert(2, Request(list(range(60)), 3))  # request 2 is the long one
+    arrivals = [0, 0, 2, 2, 3]
+    explorer = knobs.BudgetExplorer(model, mix, arrivals, budgets=[8, 16, knobs.NO_CHUNKING],
+                                    value=16, schedule_policy=ex.schedule_step, early=2,
+                                    long_index=2)
+    assert set(explorer.runs) == {16} and "budget 16" in explorer.readout.value
+    explorer.budget.value = knobs.NO_CHUNKING
+    explorer.budget.value = 8
+    runs = explorer.runs
+    assert set(runs) == {8, 16, knobs.NO_CHUNKING}
+    # no chunking prefills the long prompt in one step: fewest steps, its first token soonest
+    assert runs[knobs.NO_CHUNKING].steps < runs[8].steps
+    assert all(r.stall_ms > 0 and r.long_ttft_ms > 0 for r in runs.values())
+    assert len(explorer.figure.data) == 2 and len(explorer.figure.data[0].x) == 3
+    assert "no chunking" in list(explorer.figure.data[0].text)
+
+
+def test_block_size_slider_trades_waste_for_table_length(model):
+    from infer_lab.lessons import lab06_serving_knobs as knobs
+
+    reqs = make_requests(list(range(90)), 4, (4, 12), (3, 6), seed=1, shared_prefix=8)
+    explorer = knobs.BlockSizeExplorer(model, reqs, [0, 1, 2, 3], sizes=[1, 4, 16], value=4,
+                                       pool_tokens=256, max_num_seqs=3)
+    for b in (16, 1):
+        explorer.size.value = b
+    runs = explorer.runs
+    assert runs[1].empty_slots == 0 < runs[4].empty_slots < runs[16].empty_slots
+    assert runs[1].table_entries > runs[4].table_entries > runs[16].table_entries
+    assert runs[1].hit_rate >= runs[4].hit_rate >= runs[16].hit_rate  # whole blocks only
+    assert "block size 1" in explorer.readout.value
+    assert list(explorer.figure.data[0].text) == ["1", "4", "16"]

@@ -38,6 +38,7 @@ class Request:
 
     prompt: list[int]
     max_tokens: int
+    priority: int = 0  # lower is more important; only the Engine reads it (preemption)
 
 
 @dataclass
@@ -114,7 +115,8 @@ def run_trace(engine, requests: list[Request], arrivals: list[int],
             raise RuntimeError(f"no end after {max_ticks} ticks")
         while k < len(order) and arrivals[order[k]] <= tick:
             r = requests[order[k]]
-            trace.seqs.append(engine.add_request(r.prompt, r.max_tokens))
+            extra = {"priority": r.priority} if r.priority else {}  # baselines take none
+            trace.seqs.append(engine.add_request(r.prompt, r.max_tokens, **extra))
             trace.arrivals.append(tick)
             k += 1
         _set_draining(engine, k == len(order))

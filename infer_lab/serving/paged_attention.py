@@ -14,8 +14,10 @@ Two ways to read the pool, both exact:
   forward (many queries per row) does.
 * :func:`paged_decode_attention` works *block by block*, as the vLLM kernel does: each
   decode query meets only its own blocks, a whole block at a time, and the softmax is
-  combined across a row's blocks with one max and one sum (flash-decoding's split
-  softmax). Nothing is padded to the longest sequence of the batch, so a step reads
+  combined across a row's blocks in two passes: the row's one max over all its blocks,
+  then one sum of exponentials (exact; not flash-decoding's split softmax, where each
+  split keeps its own max and sum and the combine rescales them by exp(m_j - m)).
+  Nothing is padded to the longest sequence of the batch, so a step reads
   each sequence's K/V about once, one contiguous copy per block rather than one per slot.
 
 :class:`PagedKVCache` is the pool. For each forward, ``pool.prepare(...)`` returns a
