@@ -122,3 +122,13 @@ def test_an_interrupted_training_resumes_to_the_same_weights(tmp_path, kind):
                   prompts=[[1, 2, 3], [4, 5]])
     assert (tmp_path / "out" / f"tiny.{kind}.safetensors").exists()
     assert 0 <= card["acceptance_greedy"]["alpha"] <= 1 and card["train_steps"] == 6
+    from infer_lab.speculative.train_draft import load_draft
+
+    loaded, card2 = load_draft(kind, target, "tiny", tmp_path / "out")
+    assert card2 == card
+    for (k, a), (_, b) in zip(whole.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a, b), k  # export rounded the trained weights to fp16 in place
+    with pytest.raises(ValueError, match="trained for a target"):
+        load_draft(kind, tiny(1, vocab=60, d=48), "tiny", tmp_path / "out")
+    with pytest.raises(FileNotFoundError, match="train_draft"):
+        load_draft(kind, target, "nothing", tmp_path / "out")

@@ -182,7 +182,7 @@ def export(kind: str, target_name: str, draft: nn.Module, target: nn.Module, tok
         for p in draft.parameters():
             p.copy_(p.half().float())  # the card measures the weights users load
     prompts = data.held_out_prompts(tok, 8, 400) if prompts is None else prompts
-    card = {"kind": kind, "target": target_name,
+    card = {"kind": kind, "target": target_name, "target_config": target.config.to_dict(),
             "params": sum(p.numel() for p in draft.parameters()),
             "acceptance_greedy": acceptance(kind, draft, target, prompts),
             "train_steps": state["step"], "train_minutes": round(state["elapsed"] / 60, 1),
@@ -194,6 +194,31 @@ def export(kind: str, target_name: str, draft: nn.Module, target: nn.Module, tok
     atomic_save(lambda p: p.write_text(json.dumps(card, indent=2)), out_dir / f"{stem}.json")
     print(json.dumps({k: v for k, v in card.items() if k != "history"}, indent=2))
     return card
+
+
+def load_draft(kind: str, target: nn.Module, target_name: str,
+               weights_dir: Path = WEIGHTS_DIR) -> tuple[nn.Module, dict]:
+    """A shipped draft for ``target`` (eval mode, the target's dtype) and its card."""
+    from safetensors.torch import load_file
+
+    card_path = weights_dir / f"{target_name}.{kind}.json"
+    if not card_path.exists():
+        raise FileNotFoundError(f"no {kind} draft for {target_name} in {weights_dir}; train "
+                                f"one: python -m infer_lab.speculative.train_draft {kind} "
+                                f"{target_name}")
+    card = json.loads(card_path.read_text())
+    keys = ("d_model", "vocab_size", "n_head", "n_kv_head", "head_dim")
+    from ..config import ModelConfig
+
+    made_for = ModelConfig.from_dict(card["target_config"])  # resolves the derived fields
+    trained = {k: getattr(made_for, k) for k in keys}
+    here = {k: getattr(target.config, k) for k in keys}
+    if trained != here:  # before building: a clear error, not a shape mismatch
+        raise ValueError(f"this {kind} draft was trained for a target with {trained}; this "
+                         f"target has {here}")
+    draft = make_draft(kind, target, DraftConfig(**card["train_config"]))
+    draft.load_state_dict(load_file(str(weights_dir / f"{target_name}.{kind}.safetensors")))
+    return draft.to(device=target.device, dtype=target.dtype).eval(), card
 
 
 def main(argv: list[str] | None = None) -> None:
