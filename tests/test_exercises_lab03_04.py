@@ -4,12 +4,16 @@ and the package takes the learner's piece as an argument."""
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 
+from infer_lab import distill as pkg
 from infer_lab import prune
 from infer_lab.config import get_config
 from infer_lab.exercises import EXERCISES
+from infer_lab.exercises import distillation as ex04
+from infer_lab.exercises import distillation_step as ex04s
 from infer_lab.exercises import pruning as ex03
 from infer_lab.exercises import pruning_structured as ex03s
 from infer_lab.model import Transformer
@@ -167,9 +171,6 @@ def test_lab03_predictions_explain_their_numbers():
 
 
 # -- lab 04: soft targets and the KD loss, stable, equal to infer_lab.distill -----------------
-from infer_lab import distill as pkg  # noqa: E402
-from infer_lab.exercises import distillation as ex04  # noqa: E402
-from infer_lab.exercises import distillation_step as ex04s  # noqa: E402
 
 
 def _logits(seed, *shape, scale=1.0):
@@ -248,7 +249,6 @@ def test_distill_step_wrong_answers_are_named():
 
 def test_distill_takes_the_learners_soft_loss(tiny):
     from infer_lab.distill import DISTILL_PRESETS, distill
-    import numpy as np  # noqa: I001
 
     ids = np.random.default_rng(0).integers(0, 64, 4000)
     calls = []

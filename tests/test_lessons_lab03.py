@@ -77,3 +77,22 @@ def test_n_params_counts_tied_weights_once(tiny):
     m = Transformer(tiny.config)
     m.layers[0].mlp.w1.weight.data.zero_()
     assert pviz.n_params(m, nonzero=True) == pviz.n_params(m) - m.layers[0].mlp.w1.weight.numel()
+
+
+def test_scheme_toggle_lights_up_one_scheme():
+    from infer_lab.lessons import lab03_pruning_schemes as schemes
+
+    pts = {"dense": (100.0, 5.0), "u50": (99.0, 6.0), "MLP -50%": (140.0, 8.0),
+           "MLP -50% + distill": (140.0, 6.5)}
+    tog = schemes.SchemeToggle(pts, {"unstructured": ["u50"],
+                                     "structured + distill": ["MLP -50%", "MLP -50% + distill"]})
+    names = [t.name for t in tog.figure.data]
+    assert "u50" in names and "other schemes" in names and "1.20x its perplexity" in tog.readout.value
+    tog.scheme.value = "structured + distill"
+    names = [t.name for t in tog.figure.data]
+    assert "MLP -50% + distill" in names and "u50" not in names
+    assert "1.40x the dense speed" in tog.readout.value
+    _titled(tog.figure)
+    assert tog.figure.layout.yaxis.type == "log"
+    with pytest.raises(ValueError, match="no measured point"):
+        schemes.SchemeToggle(pts, {"x": ["missing"]})

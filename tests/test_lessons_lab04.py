@@ -129,6 +129,6 @@ def test_payoff_measures_speed_and_acceptance(pair):
     assert "alpha = <b>1.00" in ex.readout.value
     ex.student.value = "small"
     ex.k.value = 2
-    a, c, s = ex.speedup("small", 2)
+    _, _, s = ex.speedup("small", 2)
     assert f"{s:.2f}x" in ex.readout.value and len(ex.figure.data) == 3
     _titled(ex.figure)
