@@ -66,6 +66,8 @@ def measure_payoff(teacher: nn.Module, students: Mapping[str, nn.Module],
                    repeats: int, k: int = 4) -> dict[str, dict[str, float]]:
     """{label: {"tokens_per_s", "alpha"}} for "teacher" and each student: decode tokens/s
     at batch 1, and (students) the per-token acceptance as a greedy draft for the teacher."""
+    from tqdm.auto import tqdm
+
     from ..speculative import SpecStats, speculative_decode
     from ..timing import decode_tokens_per_s
 
@@ -73,7 +75,7 @@ def measure_payoff(teacher: nn.Module, students: Mapping[str, nn.Module],
     tps = decode_tokens_per_s(models, list(prompts[0]), decode_tokens, repeats, batch=1,
                               progress=False)
     out = {"teacher": {"tokens_per_s": tps["teacher"], "alpha": 1.0}}
-    for label, m in students.items():
+    for label, m in tqdm(students.items(), desc="drafts", leave=False):
         stats = SpecStats()
         for p in prompts:
             stats.add(speculative_decode(teacher, m, list(p), n_new, k=k)[1])
@@ -131,6 +133,6 @@ class PayoffExplorer(Explorer):
         self.readout.value = (
             f"<b>{label}</b>: {tps:.2f}x the teacher's tokens/s, held-out loss "
             f"{self.losses[label]:.3f} (teacher {self.losses['teacher']:.3f}). As the "
-            f"teacher's draft: alpha = <b>{a:.2f}</b> (measured), cost c = {c:.2f} teacher "
-            f"steps per draft token, k = {k}: expected speedup <b>{s:.2f}x</b>"
+            f"teacher's draft: alpha = <b>{a:.2f}</b> (measured), a draft token costs "
+            f"c = {c:.2f} of a teacher step, k = {k}: expected speedup <b>{s:.2f}x</b>"
             f"{' (slower than the teacher alone)' if s < 1 else ''}")
