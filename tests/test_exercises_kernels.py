@@ -155,3 +155,50 @@ def test_importing_the_exercises_does_not_import_triton():
     code = ("import sys, infer_lab.exercises as e; e.EXERCISES; "
             "assert 'triton' not in sys.modules, 'triton imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_kernels_are_techniques_with_tiered_hints():
+    for name in NAMES:
+        ex = EXERCISES[name]
+        assert ex.kind == "technique" and ex.code_hint and ex.code_hint != ex.hint, name
+        assert "tl." in ex.code_hint, name  # the code-level tier is the kernel's lines
+
+
+def test_code_level_help_only_after_three_failed_checks():
+    from infer_lab.exercises.checker import CODE_HINT_AFTER
+
+    ex = EXERCISES["softmax_kernel"]
+    wrong = ex.mistakes[0].fn  # no max subtracted
+    for k in range(1, CODE_HINT_AFTER + 2):
+        r = ex.check(wrong, seed=0, verbose=False)
+        assert r.status == "failed" and ex.hint in r.message and ex.mistakes[0].hint in r.message
+        assert (ex.code_hint in r.message) == (k >= CODE_HINT_AFTER), k
+    assert progress.lab_progress("07_kernels")["softmax_kernel"]["failures"] == CODE_HINT_AFTER + 1
+
+
+def test_bounds_failures_count_towards_the_code_hint():
+    from infer_lab.exercises.checker import CODE_HINT_AFTER
+
+    ex = EXERCISES["online_softmax_kernel"]
+    unmasked = next(m.fn for m in ex.mistakes if m.name == "second loop unmasked")
+    msgs = [ex.check(unmasked, seed=0, verbose=False).message for _ in range(CODE_HINT_AFTER)]
+    assert all("bounds check" in m for m in msgs)
+    assert [ex.code_hint in m for m in msgs] == [False] * (CODE_HINT_AFTER - 1) + [True]
+
+
+@pytest.mark.parametrize("name", ["softmax_kernel", "online_softmax_kernel"])
+def test_large_logits_fail_a_kernel_without_the_max(name):
+    ex = EXERCISES[name]
+    no_max = next(m for m in ex.mistakes if "max" in m.name and "one tile" not in m.name)
+    r = ex.check(no_max.fn, seed=5, verbose=False)
+    assert r.status == "failed" and r.mistake == no_max.name
+    assert "large" in r.failed_case and "inf or NaN" in r.message
+
+
+def test_choose_hands_the_lab_the_learners_kernel(capsys):
+    ex = EXERCISES["softmax_kernel"]
+    mine = next(m.fn for m in ex.mistakes if m.name == "wrong sum")
+    assert ex.check(mine, seed=0, verbose=False).choose(mine) is ex.reference
+    assert ex.check(ex.reference, seed=0, verbose=False).choose(row_stub) is row_stub
+    assert EXERCISES["int4_gemv_kernel"].check(int4_stub, verbose=False).choose(
+        int4_stub) is EXERCISES["int4_gemv_kernel"].reference

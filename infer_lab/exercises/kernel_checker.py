@@ -19,6 +19,10 @@ What differs from a function exercise (:class:`~.checker.Exercise`), and only th
   (the next row, the CPU heap under the interpreter, or another tensor on a GPU).
 * Known mistakes are wrong kernels; the one whose output equals the learner's names the hint.
 
+Hints come in the checker's tiers: the concept (``hint``) with every failure, the matched
+wrong kernel's hint, and the code-level help (``code_hint``) only after repeated failures:
+:meth:`~.checker.Exercise.check` adds it, for every verdict the hooks below produce.
+
 The verdicts, hints and progress records are the checker's own. The kernels, their cases
 and their mistakes load on first use (:class:`KernelSpec`), so importing the exercises does
 not import Triton.
@@ -92,9 +96,12 @@ class KernelExercise(Exercise):
     noun = "kernel"
 
     def __init__(self, name: str, lab: str, load: Callable[[], KernelSpec], hint: str,
-                 bounds_hint: str = ""):
+                 bounds_hint: str = "", code_hint: str = "", kind: str = "technique"):
         self.name, self.lab, self.load, self.hint = name, lab, load, hint
         self.bounds_hint = bounds_hint  # shown when the bounds check fails
+        # Tier 3, shown by Exercise.check after CODE_HINT_AFTER failed checks (the progress
+        # store counts them); a kernel is the method itself, so every one is a technique.
+        self.code_hint, self.kind = code_hint, kind
         self.random_case, self.n_random, self.rtol, self.atol = None, 0, 0.0, 0.0
         self._spec: KernelSpec | None = None
         self._mistake_in_bounds: dict[str, bool] = {}

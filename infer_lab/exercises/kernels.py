@@ -11,6 +11,10 @@ kernels, each graded through its kernel file's wrapper (:mod:`.kernel_checker`).
   dequantize ``w = (q - z) * s`` with the scale of the code's group, accumulate
   (:func:`infer_lab.kernels.quant_gemv._int4_gemv_kernel`).
 
+Two predictions, about numbers that exist on a CPU too (counted bytes, not kernel times,
+which the interpreter cannot give): how many times the fused RMSNorm's bytes the eager chain
+moves, and the int4 GEMV's memory-bound speed-up over fp32 on one of code-m's layers.
+
 Nothing here imports Triton: each exercise loads its kernel file and its wrong kernels
 (:mod:`.kernels_mistakes`) on its first check.
 """
@@ -22,6 +26,7 @@ import torch
 from . import catalog
 from .checker import Mistake
 from .kernel_checker import KernelExercise, KernelSpec
+from .predictions import Prediction
 
 LAB = catalog.KERNELS  # the notebook's name
 GUARD_ROWS, GUARD_COLS = 3, 37  # the bounds check's input: 37 is no multiple of a block
@@ -50,17 +55,19 @@ def _softmax() -> KernelSpec:
         softmax._softmax_kernel, softmax.softmax_reference,
         lambda k, x: softmax.softmax_triton(x, kernel=k), cases,
         [Mistake("no max subtracted", wrong.softmax_no_max,
-                 "Subtracting the row max changes nothing mathematically, but exp does: "
-                 "exp(100) overflows fp32 to inf, and inf / inf is NaN. Subtract "
-                 "tl.max(x, axis=0) before tl.exp."),
+                 "Your kernel exponentiates the logits without subtracting the row's max: "
+                 "the same softmax on paper, but exp of a logit near 100 overflows fp32 "
+                 "to inf, and inf / inf is NaN (the 'large' case). Shift the row by its "
+                 "max first."),
          Mistake("padding read as 0", wrong.softmax_pad_zero,
-                 "Lanes past n_cols are padding, and other=0.0 makes each add exp(0 - m) to "
-                 "the sum (rows whose length is not a power of two come out too small). "
-                 "Load them as -inf, other=-float('inf'): they lose the max and add exp(-inf) "
-                 "= 0."),
+                 "The lanes past n_cols are padding, and yours load as 0: each then adds "
+                 "exp(0 - m) to the sum, so rows whose length is not a power of two come "
+                 "out too small. Fill padding with minus infinity: it loses the max and "
+                 "adds exp(-inf), which is 0."),
          Mistake("wrong sum", wrong.softmax_wrong_sum,
-                 "Divide by the sum of the same shifted exponentials as the numerator: "
-                 "num = tl.exp(x - m); y = num / tl.sum(num, axis=0)."),
+                 "Your denominator is the sum of the unshifted exponentials, off from the "
+                 "numerator's by a factor e^m: divide by the sum of the same shifted terms "
+                 "as the numerator."),
          Mistake("no mask", wrong.softmax_no_mask, SOFTMAX_BOUNDS)],
         bounds=lambda k, device: online_softmax.stores_outside_rows(
             k, GUARD_ROWS, GUARD_COLS, 64, device),
@@ -76,13 +83,18 @@ def _online_softmax() -> KernelSpec:
         lambda k, x, block: online_softmax.online_softmax_triton(x, block=block, kernel=k),
         online_softmax.cases,
         [Mistake("sum not rescaled", wrong.online_no_rescale,
-                 "When a tile raises the max, the sum so far was computed against the old "
-                 "max: rescale it before adding the new tile's terms, l = l * tl.exp(m - "
-                 "m_new) + tl.sum(tl.exp(x - m_new), axis=0)."),
+                 "When a tile raises the max, your running sum keeps the earlier terms "
+                 "relative to the old max: rescale it by exp(m_old - m_new) before adding "
+                 "the new tile's terms."),
          Mistake("max of one tile", wrong.online_tile_max,
-                 "m must be the max of every tile seen so far, not of the current one: "
-                 "m_new = tl.maximum(m, tl.max(x, axis=0)). A logit far above the rest in an "
-                 "early tile (an attention sink) otherwise overflows exp(x - m)."),
+                 "Your m is the current tile's max, not the max of every tile so far: a "
+                 "logit far above the rest in an early tile (an attention sink) is "
+                 "forgotten, and exp(x - m) overflows. Keep the larger of the running max "
+                 "and the tile's."),
+         Mistake("no running max", wrong.online_no_max,
+                 "Your running sum adds exp(x) with no max subtracted: right for small "
+                 "logits, but exp of a logit near 100 overflows fp32 to inf and the row "
+                 "comes out NaN (the 'large' case). Keep a running max and sum exp(x - m)."),
          Mistake("second loop unmasked", wrong.online_unmasked_write, ONLINE_BOUNDS)],
         bounds=lambda k, device: online_softmax.stores_outside_rows(
             k, GUARD_ROWS, GUARD_COLS, 16, device),
@@ -98,44 +110,92 @@ def _int4_gemv() -> KernelSpec:
         lambda k, *args: quant_gemv.int4_gemv_triton(*args, kernel=k),
         lambda seed, device: quant_gemv.cases(4, seed, device),
         [Mistake("nibbles swapped", wrong.int4_nibbles_swapped,
-                 "Code 2j is the LOW nibble and multiplies x[2j]; code 2j+1 is the high one "
-                 "(our packing: byte = q[2j] | q[2j+1] << 4): lo = packed & 0xF, "
-                 "hi = packed >> 4."),
+                 "Your nibbles are swapped: code 2j is the LOW nibble of byte j and "
+                 "multiplies x[2j]; code 2j+1 is the high nibble (our packing puts q[2j] "
+                 "in the low four bits of the byte, q[2j+1] in the high four)."),
          Mistake("zero point forgotten", wrong.int4_no_zero,
-                 "Codes are stored unsigned: subtract the zero point before scaling, "
-                 "w = (q - z) * s, with z the group's zero when HAS_ZERO, else 8 (symmetric "
-                 "codes carry an offset of 8)."),
+                 "Your kernel scales the codes as stored, but they are unsigned: subtract "
+                 "the zero point before scaling (the group's zero when HAS_ZERO, else 8, "
+                 "the offset symmetric codes carry)."),
          Mistake("group of the byte", wrong.int4_group_of_byte,
-                 "A group is G codes, and byte j holds codes 2j and 2j+1: its scale is in "
-                 "column (2 * offs_j) // G of S, not offs_j // G.")])
-
+                 "Your group index counts bytes, but a group is G codes (G / 2 bytes): "
+                 "byte j holds codes 2j and 2j+1, so its group is (2j) // G, not j // G.")])
 
 SOFTMAX_BOUNDS = ("BLOCK is the power of two at or above n_cols, so the lanes past n_cols "
-                  "belong to the next row (or to no one): give tl.load and tl.store "
-                  "mask=cols < n_cols, and the load other=-float('inf').")
+                  "belong to the next row (or to no one): the load and the store both need "
+                  "the mask of columns below n_cols, and the load a fill of minus infinity.")
 ONLINE_BOUNDS = ("The last tile of each loop runs past n_cols, in the second loop too: "
-                 "mask the load and the store with start + cols < n_cols.")
+                 "every tile's load and store need the mask of columns below n_cols.")
 
+# Tier 1 (``hint``): the idea, no code. Tier 3 (``code_hint``): the lines, shown only after
+# CODE_HINT_AFTER failed checks of the same kernel.
 EXERCISES = [
     KernelExercise(
         "softmax_kernel", LAB, _softmax,
-        hint="One program owns one row. Load it masked (other=-float('inf')), in fp32; "
-             "subtract its max, exponentiate, divide by the sum, store masked: "
-             "num = tl.exp(x - tl.max(x, axis=0)); y = num / tl.sum(num, axis=0); "
-             "tl.store(y_ptr + row * y_row_stride + cols, y, mask=cols < n_cols).",
+        hint="One program owns one row, and the whole row fits in one block. Load it masked, "
+             "so that the lanes past n_cols read minus infinity (they must neither win the "
+             "max nor add to the sum), and compute in fp32. Subtract the row's max before "
+             "exponentiating (exp overflows fp32 above about 88), divide by the sum of the "
+             "same shifted exponentials, and store the row under the same mask.",
+        code_hint="x = tl.load(x_ptr + row * x_row_stride + cols, mask=cols < n_cols, "
+                  "other=-float('inf')).to(tl.float32); num = tl.exp(x - tl.max(x, axis=0)); "
+                  "y = num / tl.sum(num, axis=0); tl.store(y_ptr + row * y_row_stride + cols, "
+                  "y.to(y_ptr.dtype.element_ty), mask=cols < n_cols)",
         bounds_hint=SOFTMAX_BOUNDS),
     KernelExercise(
         "online_softmax_kernel", LAB, _online_softmax,
-        hint="Two loops over tiles of BLOCK columns, from m = float('-inf') and l = 0.0. "
-             "First: m_new = tl.maximum(m, tl.max(x, axis=0)); l = l * tl.exp(m - m_new) + "
-             "tl.sum(tl.exp(x - m_new), axis=0); m = m_new. Second: store tl.exp(x - m) / l. "
-             "Mask every tile with start + cols < n_cols (loads: other=-float('inf')).",
+        hint="Two passes over the row in tiles of BLOCK columns. The first keeps a running "
+             "max m (of every tile so far, not only the current one) and a running sum l of "
+             "exp(x - m); when a tile raises the max, the sum so far was taken against the "
+             "old max, so scale it by exp(m_old - m_new) before adding the tile's terms. The "
+             "second pass loads each tile again and stores exp(x - m) / l. Mask every tile "
+             "to the columns below n_cols, loads filled with minus infinity, in fp32.",
+        code_hint="First loop: x = tl.load(x_row + start + cols, mask=mask, "
+                  "other=-float('inf')).to(tl.float32); m_new = tl.maximum(m, tl.max(x, "
+                  "axis=0)); l = l * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new), axis=0); "
+                  "m = m_new. Second loop: the same load, then tl.store(y_row + start + "
+                  "cols, (tl.exp(x - m) / l).to(y_ptr.dtype.element_ty), mask=mask).",
         bounds_hint=ONLINE_BOUNDS),
     KernelExercise(
         "int4_gemv_kernel", LAB, _int4_gemv,
-        hint="Byte j of a row holds code 2j (low nibble, packed & 0xF) and code 2j+1 (high "
-             "nibble, packed >> 4), both in group (2 * offs_j) // G. Load that group's scale "
-             "s (and zero z when HAS_ZERO, else z = 8.0), dequantize (q - z) * s in fp32 and "
-             "accumulate: acc += tl.sum(x_lo[:, None, :] * ((lo - z) * s)[None, :, :], 2), "
-             "and the same for hi."),
+        hint="Byte j of a row of W holds two 4-bit codes: code 2j in its low nibble, code "
+             "2j+1 in its high nibble, both in group (2j) // G. That group's scale s and "
+             "zero point z (when HAS_ZERO; symmetric codes carry an offset of 8 instead) "
+             "turn a code q into the weight (q - z) * s. Dequantize both halves in fp32, in "
+             "registers, multiply each by its own activation (x[2j] or x[2j+1]) and add the "
+             "sums over the tile's bytes into the accumulator.",
+        code_hint="lo = (packed & 0xF).to(tl.float32); hi = (packed >> 4).to(tl.float32); "
+                  "grp = (2 * offs_j) // G; s = tl.load(S + offs_n[:, None] * ssn + "
+                  "grp[None, :] * ssg, mask=w_mask, other=0.0).to(tl.float32); z = 8.0, or "
+                  "when HAS_ZERO the same load from Z with strides szn, szg; "
+                  "acc += tl.sum(x_lo[:, None, :] * ((lo - z) * s)[None, :, :], 2), and the "
+                  "same for x_hi and hi."),
+]
+
+PREDICTIONS = [
+    Prediction(
+        "kernels_rmsnorm_traffic_ratio", LAB,
+        "Eager RMSNorm is a chain of ops (pow, mean, + eps, rsqrt, two multiplies), each "
+        "reading its input from memory and writing its output back; the fused kernel reads "
+        "x and the weight once and writes y once. On the lab's fp32 input, how many times "
+        "the fused kernel's bytes does the eager chain move? Within 20%.",
+        "x (eager bytes / fused bytes)", rel_tol=0.2,
+        explain="pow reads and writes the whole (rows, cols) tensor, and so do the two "
+                "multiplies (the last one reads the weight too): three full reads and "
+                "writes against the fused kernel's one. mean, + eps and rsqrt touch one "
+                "number per row, almost nothing, so the ratio is close to 3.5. A "
+                "memory-bound kernel runs at the speed of its bytes: that is the speed-up "
+                "fusion can give it on a GPU."),
+    Prediction(
+        "kernels_int4_gemv_speedup_bound", LAB,
+        "code-m's first MLP up-projection (256 inputs -> 704 outputs) quantized to int4 in "
+        "groups of 64 input columns: symmetric codes, one fp16 scale per group. At batch 1 "
+        "both GEMVs are memory-bound: how many times faster can the int4 layer be than the "
+        "fp32 one (fp32 weight bytes / int4 bytes, codes and scales)? Within 15%.",
+        "x (fp32 bytes / int4 bytes)", rel_tol=0.15,
+        explain="An fp32 weight is 4 bytes; an int4 code is half a byte, plus a 2-byte "
+                "scale per 64 codes (a quarter of a bit more per weight): 4 / 0.53, about "
+                "7.5; a decode GEMV reaches it only if the kernel loads the codes and "
+                "dequantizes in registers, as yours does, instead of building an fp32 "
+                "weight first."),
 ]

@@ -5,6 +5,8 @@
   the last block's lanes past ``n`` masked off.
 * :func:`fusion_figure`, :func:`fusion_times`: what the eager PyTorch chain of an RMSNorm or
   a SwiGLU moves, op by op, against one fused kernel (one read, one write), and their times.
+* :func:`traffic_ratio`, :func:`gemv_speedup_bound`: the two numbers the lab's predictions
+  are graded against (eager bytes over fused bytes; fp32 bytes over int4 bytes).
 * :func:`gemv_bytes_figure`: bytes of weights one decode-step GEMV reads at fp32, fp16,
   int8 and int4 (gpt-fast, Marlin: dequantize in registers so that only codes cross memory).
 
@@ -74,17 +76,6 @@ def source(kernel: Any) -> str:
     return textwrap.dedent(inspect.getsource(getattr(kernel, "fn", kernel)))
 
 
-def chosen(result: Any, mine: Any, reference: Any, what: str) -> tuple[Any, str]:
-    """(kernel, line): the learner's kernel once its check passed, else the package's."""
-    if not can_launch():
-        return reference, f"{what}: no Triton kernel runs here, so this is the PyTorch reference"
-    if result:
-        return mine, f"{what}: running YOUR kernel"
-    name = getattr(reference, "fn", reference).__name__
-    return reference, (f"{what}: your kernel has not passed its check yet, so this runs the "
-                       f"reference kernel {name}")
-
-
 def lines(result: dict) -> str:
     """A result as 'name: value' lines, numbers to 3 significant figures."""
     fmt = lambda v: f"{v:.3g}" if isinstance(v, float) else f"{v:,}" if isinstance(v, int) \
@@ -142,6 +133,14 @@ def fusion_traffic(rows: int, cols: int, dtype: torch.dtype = torch.float32
                         "fused": rmsnorm.fused_traffic(rows, cols, dtype)},
             "SwiGLU": {**dict(swiglu.unfused_traffic(n, dtype)),
                        "fused": swiglu.fused_traffic(n, dtype)}}
+
+
+def traffic_ratio(rows: int, cols: int, kernel: str = "RMSNorm",
+                  dtype: torch.dtype = torch.float32) -> float:
+    """Bytes the eager chain of ``kernel`` moves over the fused kernel's (the prediction
+    ``kernels_rmsnorm_traffic_ratio`` is graded against it)."""
+    ops = fusion_traffic(rows, cols, dtype)[kernel]
+    return sum(v for op, v in ops.items() if op != "fused") / ops["fused"]
 
 
 def fusion_figure(rows: int, cols: int, dtype: torch.dtype = torch.float32) -> go.Figure:
@@ -215,6 +214,13 @@ def gemv_bytes(K: int, N: int, group: int = 64) -> dict[str, int]:
     return {name: sum(t.numel() * t.element_size()
                       for t in [*layer.parameters(), *layer.buffers()])
             for name, layer in layers.items()}
+
+
+def gemv_speedup_bound(K: int, N: int, group: int = 64) -> float:
+    """fp32 weight bytes over int4's (codes and scales) for one (K -> N) layer: the speed-up
+    a memory-bound int4 GEMV can reach over fp32 at batch 1."""
+    b = gemv_bytes(K, N, group)
+    return b["fp32"] / b[f"int4 groups of {group}"]
 
 
 def gemv_bytes_figure(shapes: dict[str, tuple[int, int]] | None = None,
