@@ -1,14 +1,16 @@
 """Lab 02's lessons: Pareto points are sane, figures build, the explorer's sliders add points."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
 from infer_lab.config import get_config
 from infer_lab.exercises import quantization as ex
-from infer_lab.model import Transformer
 from infer_lab.lessons import lab02_quantization as explore  # the Pareto explorer
 from infer_lab.lessons import lab02_quantization_explain as explain
 from infer_lab.lessons import lab02_quantization_storage as storage
+from infer_lab.model import Transformer
 from infer_lab.quant.catalog import eligible, stored_bytes
 from infer_lab.quant.int8 import Int8Linear
 from infer_lab.quant.packed import pack_layer
@@ -177,3 +179,66 @@ def test_exercise_references_match_the_package():
                           quantize(w, 4, "group", 16).dequantize())
     q = torch.randint(0, 16, (3, 10), dtype=torch.uint8)
     assert torch.equal(ex.pack_int4(q), pack_int4(q))
+
+
+# -- the learner's functions drive the lab (issue 17 section 1) -------------------------------
+def _spy(fn):
+    calls = []
+
+    def wrapped(*args):
+        calls.append(args)
+        return fn(*args)
+
+    return wrapped, calls
+
+
+def test_explorer_rounds_rtn_points_with_the_given_quantizer(tiny, tok):
+    from infer_lab.exercises.quantization import group_quantize
+
+    mine, calls = _spy(group_quantize)
+    e = explore.ParetoExplorer(tiny, tok, replace(TINY, schemes=("fp32",)), bits=3,
+                               group_size=64, progress=False, quantizer=mine)
+    n_lin = len(eligible(tiny))
+    assert len(calls) == n_lin and {c[1:] for c in calls} == {(3, 64)}
+    p = e.points["RTN int3-g64"]
+    assert p.bits_per_weight == pytest.approx(3.25)
+    e.bits.value = 4  # a real Int4Linear point: its size and speed, the quantizer's perplexity
+    assert len(calls) == 2 * n_lin and e.points["RTN int4-g64"].kind == "rtn"
+    assert e.points["RTN int4-g64"].bits_per_weight == pytest.approx(4.25)
+    e.group.value = 0  # per channel: the quantizer sees group_size = in_features
+    assert all(c[2] == c[0].shape[1] for c in calls[2 * n_lin:])
+    # the reference quantizer (fp32 scales) and the package's (fp16 scales) agree closely
+    plain = explore.ParetoExplorer(tiny, tok, replace(TINY, schemes=("fp32",)), bits=3,
+                                   group_size=64, progress=False)
+    assert plain.points["RTN int3-g64"].ppl == pytest.approx(p.ppl, rel=1e-2)
+
+
+def test_calibrated_errors_run_the_given_gptq_and_awq():
+    from infer_lab.exercises import quantization_methods as qm
+
+    x = qm.calib_inputs(256, 64, 0)
+    w = torch.randn(32, 64, generator=torch.Generator().manual_seed(0))
+    gptq, g_calls = _spy(qm.gptq_quantize)
+    awq, a_calls = _spy(qm.awq_scale_search)
+    res, _ = explain.calibrated_errors(w, x, x, bits=3, group_size=16, awq_grid=5,
+                                       gptq=gptq, awq=awq)
+    base, _ = explain.calibrated_errors(w, x, x, bits=3, group_size=16, awq_grid=5)
+    assert len(g_calls) == 1 and g_calls[0][0].dtype == torch.float64 and len(a_calls) == 1
+    assert res["GPTQ"]["output"] < res["RTN"]["output"]
+    # the learner's loop (fp32 scales) lands where the package's (fp16 scales) does
+    assert res["GPTQ"]["output"] == pytest.approx(base["GPTQ"]["output"], rel=0.05)
+    assert res["AWQ"] == pytest.approx(base["AWQ"])  # the same search, the same quantizer
+
+
+def test_outlier_experiment_and_kivi_errors_run_the_given_functions(tiny, tok):
+    from infer_lab.exercises import quantization_outliers as qo
+
+    mm, calls = _spy(qo.llm_int8_matmul)
+    assert explain.outlier_matmul_errors(matmul=mm) == explain.outlier_matmul_errors()
+    assert len(calls) == 3
+    runs = storage.kv_cache_runs(tiny, tok.encode("def f():"), 12, group=4)
+    fp = next(iter(runs.values()))["cache"]
+    kivi, k_calls = _spy(qo.kivi_quantize_keys)
+    mine = storage.kivi_key_errors(fp, kivi, group=4)
+    assert len(k_calls) == 1 and mine == pytest.approx(storage.kivi_key_errors(fp, group=4))
+    assert all(0 < e < 1 for e in mine.values())

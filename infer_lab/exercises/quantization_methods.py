@@ -59,8 +59,9 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int,
     return Q
 
 
+# Quoted: show_solution's copy of this function runs in a notebook, where Quantizer is unknown.
 def awq_scale_search(W: torch.Tensor, x: torch.Tensor, bits: int, group_size: int,
-                     grid: int, quantize: Quantizer) -> torch.Tensor:
+                     grid: int, quantize: "Quantizer") -> torch.Tensor:  # noqa: UP037
     """AWQ's per-input-channel scales s (in,) for W (out, in) on calibration inputs x (N, in):
     s = mean|x|^alpha normalised to geometric mid-range 1, alpha = k / grid searched for the
     smallest output error ||x W^T - x (Q(W diag(s)) diag(s)^-1)^T||^2."""

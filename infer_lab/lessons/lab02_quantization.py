@@ -11,7 +11,10 @@ ids, greedy decode with the contenders interleaved). The sliders add round-to-ne
 (RTN) points at any bits (2..8) and group size: 8 and 4 bits build real Int8Linear /
 Int4Linear layers; other widths are *simulated* (weights quantized then stored back in
 fp32, their size counted as packed codes + fp16 scales), so they have a perplexity and a
-size but no speed of their own.
+size but no speed of their own. ``quantizer`` (w, bits, group_size) -> dequantized w is
+the pluggable rounding: given one (lab 02 hands in the learner's ``group_quantize`` once it
+passes), every RTN point's perplexity comes from it, the real 8/4-bit layers still give
+the size and the speed.
 
 Why the real int8/int4 layers are slower than fp32 on a CPU at batch 1 is
 :func:`.lab02_quantization_storage.time_linear`; the lab's smaller experiments are
@@ -22,7 +25,7 @@ Why the real int8/int4 layers are slower than fp32 on a CPU at batch 1 is
 from __future__ import annotations
 
 import statistics
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 
 import ipywidgets as W
@@ -31,7 +34,7 @@ import torch
 from torch import nn
 
 from ..bench import format_table
-from ..timing import decode_tokens_per_s
+from ..memory import return_freed_memory
 from ..quality import heldout_ids
 from ..quant.apply import Scheme, quantize_model
 from ..quant.catalog import (
@@ -44,13 +47,13 @@ from ..quant.catalog import (
 )
 from ..quant.primitives import quantize
 from ..scale import SCALES, QuantizationSizes, current_scale
-from ..memory import return_freed_memory
 from ..surgery import shared_copy
+from ..timing import decode_tokens_per_s
 from .figures import COLORS, layout
 from .widgets import Explorer, swap_figure
 
-
 SIZES = {name: sc.quantization for name, sc in SCALES.items()}  # written in scale.py
+Quantizer = Callable[[torch.Tensor, int, int], torch.Tensor]  # (w, bits, group) -> w_hat
 
 
 def lab_sizes(scale_name: str | None = None) -> QuantizationSizes:
@@ -96,18 +99,26 @@ def rtn_model(fp: nn.Module, bits: int, group_size: int) -> nn.Module:
     return quantize_model(shared_copy(fp), replace(scheme, overrides=over)).eval()
 
 
-def simulated_rtn(fp: nn.Module, bits: int, group_size: int) -> tuple[nn.Module, int, float]:
+def simulated_rtn(fp: nn.Module, bits: int, group_size: int, quantizer: Quantizer | None = None
+                  ) -> tuple[nn.Module, int, float]:
     """(copy with every eligible weight replaced by its b-bit RTN reconstruction, bytes the
-    packed model would store, bits per weight). Codes pack at ``bits`` each, scales fp16."""
+    packed model would store, bits per weight). Codes pack at ``bits`` each, scales fp16.
+    quantizer: rounds one weight, (w, bits, group_size) -> w_hat, group_size = in_features
+    meaning one scale per row; None: the package's symmetric RTN with fp16 scales."""
     m = shared_copy(fp)  # each rounded weight becomes a new Parameter of the copy only
     n_weights, bits_stored = 0, 0
     for lin in eligible(m).values():
         g = fit_group(lin.in_features, group_size) if group_size else 0
-        qt = quantize(lin.weight, bits, "group" if g else "channel", g or None,
-                      scale_dtype=torch.float16)
-        lin.weight = nn.Parameter(qt.dequantize(), requires_grad=False)  # (out, in) rounded
-        n_weights += lin.weight.numel()
-        bits_stored += qt.q.numel() * bits + qt.scale.numel() * 16
+        w = lin.weight.detach().float()  # (out, in)
+        if quantizer is None:
+            w_hat = quantize(w, bits, "group" if g else "channel", g or None,
+                             scale_dtype=torch.float16).dequantize()
+        else:
+            w_hat = quantizer(w, bits, g or lin.in_features)
+        lin.weight = nn.Parameter(w_hat, requires_grad=False)  # (out, in) rounded
+        n_weights += w.numel()
+        n_scales = lin.out_features * (lin.in_features // (g or lin.in_features))
+        bits_stored += w.numel() * bits + n_scales * 16
     size = stored_bytes(fp) - 4 * n_weights + bits_stored // 8  # fp32 weights -> packed
     return m.eval(), size, bits_stored / n_weights
 
@@ -170,14 +181,17 @@ def pareto_figure(points: Sequence[ParetoPoint], x: str = "bits_per_weight",
 
 class ParetoExplorer(Explorer):
     """The catalog's schemes as Pareto points, plus an RTN point for the sliders' bits and
-    group size (measured on first use, then cached in ``self.points``)."""
+    group size (measured on first use, then cached in ``self.points``). ``quantizer``: the
+    rounding the RTN points' perplexity comes from (see the module docstring)."""
 
     GROUPS = (("channel", 0), ("128", 128), ("64", 64), ("32", 32), ("16", 16))
 
     def __init__(self, model: nn.Module, tok, sizes: QuantizationSizes | None = None,
                  schemes: Sequence[str] | None = None, calib_ids: torch.Tensor | None = None,
-                 bits: int = 3, group_size: int = 64, progress: bool = True):
+                 bits: int = 3, group_size: int = 64, progress: bool = True,
+                 quantizer: Quantizer | None = None):
         self.fp, self.sizes, self.progress = model.eval(), sizes or lab_sizes(), progress
+        self.quantizer = quantizer
         self.ppl_ids = heldout_ids(tok, self.sizes.ppl_tokens)
         self.prompt = tok.encode("def read_config(path):")
         self.ctx = {"calib_ids": calib_ids, "group_size": 64,
@@ -251,11 +265,12 @@ class ParetoExplorer(Explorer):
                                           progress=False)
                 self.vs_fp32[name] = tps[name] / tps["fp32"]
                 tps = tps[name]
-                self.points[name] = ParetoPoint(
-                    name, stored_bytes(m), linear_bits_per_weight(m, list(eligible(self.fp))),
-                    self.ppl(m), tps, "rtn")
+                size, bpw = stored_bytes(m), linear_bits_per_weight(m, list(eligible(self.fp)))
+                if self.quantizer is not None:  # the same grid, rounded by the given function
+                    m = simulated_rtn(self.fp, bits, group_size, self.quantizer)[0]
+                self.points[name] = ParetoPoint(name, size, bpw, self.ppl(m), tps, "rtn")
             else:
-                m, size, bpw = simulated_rtn(self.fp, bits, group_size)
+                m, size, bpw = simulated_rtn(self.fp, bits, group_size, self.quantizer)
                 self.points[name] = ParetoPoint(name, size, bpw, self.ppl(m), None, "simulated")
         return self.points[name]
 

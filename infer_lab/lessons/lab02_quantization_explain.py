@@ -16,6 +16,7 @@ Where the bytes go (GGUF blocks, the KV cache, a dequantizing layer) is
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import plotly.graph_objects as go
 import torch
@@ -110,15 +111,19 @@ def granularity_figure(rows: list[dict]) -> go.Figure:
 
 # -- outliers and LLM.int8() ---------------------------------------------------------------
 def outlier_matmul_errors(n_tokens: int = 16, d_in: int = 256, d_out: int = 256,
-                          outlier: float = 60.0, seed: int = 0) -> dict[str, float]:
+                          outlier: float = 60.0, seed: int = 0,
+                          matmul: Callable | None = None) -> dict[str, float]:
     """Output error of an int8 x int8 matmul when input column 7 is an outlier feature
     (|x| ~ ``outlier`` in every token, the rest ~1): plain per-token absmax vs LLM.int8().
+    matmul: (x, wq, cw, threshold) -> y, the decomposed int8 matmul (lab 02's exercise);
+    None: :func:`infer_lab.quant.llm_int8.int8_matmul_decomposed`.
 
     Errors are relative to the output of the ordinary columns, ||X[:, ~7] W[:, ~7]^T||:
     the signal the outlier's scale crushes (the outlier's own term stays accurate).
     """
     from ..quant.llm_int8 import int8_matmul_decomposed
 
+    matmul = matmul or int8_matmul_decomposed
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n_tokens, d_in, generator=g)  # (T, in)
     w = torch.randn(d_out, d_in, generator=g) / math.sqrt(d_in)  # (out, in)
@@ -129,7 +134,7 @@ def outlier_matmul_errors(n_tokens: int = 16, d_in: int = 256, d_out: int = 256,
     x_out[:, 7] *= outlier  # one outlier feature dimension, in every token
     cw = w.abs().amax(1, keepdim=True)  # (out, 1)
     wq = torch.round(w * 127 / cw).to(torch.int8)  # (out, in)
-    err = lambda xx, t: ((int8_matmul_decomposed(xx, wq, cw, t) - xx @ w.T).norm()
+    err = lambda xx, t: ((matmul(xx, wq, cw, t) - xx @ w.T).norm()
                          / signal).item()
     return {"no outlier, int8": err(x, math.inf),
             "outlier, int8 per-token absmax": err(x_out, math.inf),
@@ -138,10 +143,18 @@ def outlier_matmul_errors(n_tokens: int = 16, d_in: int = 256, d_out: int = 256,
 
 # -- GPTQ and AWQ against RTN on one layer -----------------------------------------------------
 def calibrated_errors(w: torch.Tensor, x_calib: torch.Tensor, x_eval: torch.Tensor,
-                      bits: int = 4, group_size: int = 64, awq_grid: int = 10
+                      bits: int = 4, group_size: int = 64, awq_grid: int = 10,
+                      gptq: Callable | None = None, awq: Callable | None = None,
+                      damp: float = 0.01
                       ) -> tuple[dict[str, dict[str, float]], list[tuple[float, float]]]:
     """({method: {"weight": rel weight error, "output": rel output error on x_eval}},
-    AWQ's search curve [(alpha, rel output error on x_calib)]) for W (out, in)."""
+    AWQ's search curve [(alpha, rel output error on x_calib)]) for W (out, in).
+
+    The pluggable pieces (lab 02's exercises): ``gptq(W, H, bits, group_size) -> W_hat``,
+    GPTQ's column loop, given W in float64 and the damped Hessian of x_calib (None: the
+    package's :func:`gptq_quantize_weight`); ``awq(W, x, bits, group_size, grid, quantize)
+    -> s``, AWQ's scale search on x_calib with this function's RTN (None: the search here).
+    """
     from ..quant.awq import awq_scales
     from ..quant.gptq import gptq_quantize_weight, hessian
 
@@ -157,10 +170,19 @@ def calibrated_errors(w: torch.Tensor, x_calib: torch.Tensor, x_eval: torch.Tens
         e = out_err(wq, x_calib)
         curve.append((k / awq_grid, e))
         best = min(best, (e, k), key=lambda t: t[0])
-    awq = rtn(w * awq_scales(stats, best[1] / awq_grid)) / awq_scales(stats, best[1] / awq_grid)
-    gptq = gptq_quantize_weight(w, hessian(x_calib), bits, group_size)[3]
+    s = (awq_scales(stats, best[1] / awq_grid) if awq is None else
+         awq(w, x_calib.float(), bits, group_size, awq_grid,
+             lambda m, b, g: quantize(m, b, "group", g, scale_dtype=torch.float16
+                                      ).dequantize()))  # (in,)
+    w_awq = rtn(w * s) / s
+    H = hessian(x_calib)  # (in, in) float64
+    if gptq is None:
+        w_gptq = gptq_quantize_weight(w, H, bits, group_size, damp=damp)[3]
+    else:  # the same damping as the package's, then the given loop
+        H = H + damp * H.diagonal().mean() * torch.eye(len(H), dtype=H.dtype)
+        w_gptq = gptq(w.double(), H, bits, group_size).float()  # (out, in)
     res = {}
-    for name, wq in (("RTN", rtn(w)), ("GPTQ", gptq), ("AWQ", awq)):
+    for name, wq in (("RTN", rtn(w)), ("GPTQ", w_gptq), ("AWQ", w_awq)):
         res[name] = {"weight": ((w - wq).norm() / w.norm()).item(),
                      "output": out_err(wq, x_eval)}
     return res, curve

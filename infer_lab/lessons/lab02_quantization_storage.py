@@ -14,14 +14,13 @@
 from __future__ import annotations
 
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import plotly.graph_objects as go
 import torch
 from torch import nn
 
 from .figures import COLORS, layout
-
 
 # -- GGUF bytes ----------------------------------------------------------------------------
 Q8_0_FIELDS = [("d (fp16 scale)", 0, 2), ("qs: 32 int8 codes", 2, 34)]
@@ -108,6 +107,32 @@ def key_magnitude_figure(cache, layer: int = 0, head: int = 0) -> go.Figure:
                                colorbar={"title": "|k|"}))
     return layout(fig, f"Key magnitudes, layer {layer}, KV head {head}",
                   "channel of the key vector (index)", "token position (tokens)")
+
+
+def kivi_key_errors(cache, kivi: Callable | None = None, group: int = 32
+                    ) -> dict[str, float]:
+    """Relative error ||K_hat - K|| / ||K|| of the keys an unquantized ``cache`` holds, at
+    int4: one scale per token (what values get) against KIVI's per-channel scales per group
+    of ``group`` tokens. kivi: (keys (..., T, D), group, bits) -> dequantized keys (lab
+    02's exercise); None: the same scheme as :class:`infer_lab.quant.kv.QuantizedKVCache`.
+    Both errors are over the complete groups only (KIVI keeps the rest exact)."""
+    from ..quant.primitives import quantize
+
+    k = cache.k[:, 0, :, :cache.length].float()  # (L, H, T, D): batch row 0
+    full = k.shape[-2] // group * group
+    if full == 0:
+        raise ValueError(f"{k.shape[-2]} tokens hold no complete group of {group}")
+    k = k[..., :full, :]
+    if kivi is None:
+        g = k.unflatten(-2, (full // group, group))  # (L, H, n_groups, G, D)
+        s = (g.abs().amax(-2, keepdim=True) / 7).clamp(min=1e-8)  # per channel and group
+        k_kivi = (torch.round(g / s).clamp(-7, 7) * s).flatten(-3, -2)
+    else:
+        k_kivi = kivi(k, group, 4)
+    per_token = quantize(k, 4, "channel").dequantize()  # one scale per (layer, head, token)
+    err = lambda kh: ((kh - k).norm() / k.norm()).item()
+    return {"int4, one scale per token": err(per_token),
+            f"int4 KIVI, one scale per channel per {group} tokens": err(k_kivi)}
 
 
 # -- one linear layer, timed -------------------------------------------------------------
