@@ -13,6 +13,7 @@ from infer_lab.config import ModelConfig
 from infer_lab.exercises import runtimes as ex
 from infer_lab.lessons import lab08_runtimes as lab08
 from infer_lab.lessons import lab08_runtimes_compile as comp
+from infer_lab.lessons import lab08_runtimes_gemv as gemv
 from infer_lab.lessons import lab08_runtimes_profile as prof
 from infer_lab.model import Transformer
 from infer_lab.runtimes.compiled import break_even_tokens
@@ -71,17 +72,38 @@ def test_roofline_rows_use_the_given_function():
     assert_titled(lab08.prediction_figure(rows, 10.0), categorical_x=True)
 
 
-def test_chosen_and_prediction_verdicts():
-    class Passed:
-        passed = True
+def test_plugged_linears_run_the_given_product_only_when_compiled(model):
+    calls = []
 
-    mine, ref = (lambda: 1), (lambda: 2)
-    assert lab08.chosen(Passed(), mine, ref, "x")[0] is mine
-    fn, line = lab08.chosen(None, mine, ref, "x")
-    assert fn is ref and "reference" in line
-    assert lab08.check_prediction(None, 2.0).startswith("⬜")
-    assert lab08.check_prediction(2.5, 2.0, 0.5).startswith("✅")
-    assert lab08.check_prediction(9.0, 2.0, 0.5).startswith("❌")
+    def product(x, w, b=None):
+        calls.append(tuple(x.shape))
+        return ex.gemv_reduction(x, w, b)
+
+    plugged = gemv.with_product(model, product)
+    linears = [m for m in plugged.modules() if isinstance(m, gemv.PluggedReductionLinear)]
+    assert len(linears) == sum(isinstance(m, torch.nn.Linear) for m in model.modules())
+    orig = dict(model.named_modules())
+    assert all(m.weight is orig[n].weight for n, m in plugged.named_modules()
+               if isinstance(m, gemv.PluggedReductionLinear))  # shared, not copied
+    x = torch.randn(1, 1, CFG.d_model)
+    layer = linears[0]
+    assert torch.equal(layer(x), torch.nn.functional.linear(x, layer.weight, layer.bias))
+    assert not calls  # eager: F.linear, as the package's ReductionLinear
+    compiled = torch.compile(layer, backend="eager", fullgraph=True)
+    assert torch.allclose(compiled(x), layer(x), atol=1e-5) and calls == [(1, 1, CFG.d_model)]
+
+
+def test_compiled_decoder_with_the_learners_product(model):
+    prompt = [1, 2, 3, 4]
+    dec = gemv.compiled_decoder(model, len(prompt) + 4, ex.gemv_reduction)
+    assert not dec.reductions and isinstance(
+        next(m for m in dec._model.modules() if isinstance(m, gemv.PluggedReductionLinear)),
+        gemv.PluggedReductionLinear)
+    from infer_lab.generate import generate
+
+    assert dec.generate([prompt], 4)[0] == generate(model, [prompt], 4, eos_id=None)[0]
+    speed = gemv.decode_speedup(dec, model, prompt, 4, 1)
+    assert speed["speedup"] > 0 and speed["eager_tokens_per_s"] > 0
 
 
 def test_break_even_reference_equals_the_package():

@@ -34,7 +34,7 @@ LABS: dict[str, tuple[str, ...]] = {
                   "expected_tokens_per_call", "speculative_speedup"),
     SERVING: ("block_tables", "schedule_step", "preempt_victims", "prefix_lookup"),
     KERNELS: ("softmax_kernel", "online_softmax_kernel", "int4_gemv_kernel"),
-    RUNTIMES: ("roofline_tokens_per_s", "op_kind", "break_even_tokens"),
+    RUNTIMES: ("roofline_tokens_per_s", "gemv_reduction", "break_even_tokens", "op_kind"),
 }
 
 

@@ -226,21 +226,3 @@ def prediction_figure(rows: list[dict[str, Any]], bandwidth_gbs: float) -> go.Fi
            "tokens/s (log)", barmode="overlay", height=440)
     fig.update_yaxes(type="log")
     return fig
-
-
-def chosen(result: Any, mine: Callable, reference: Callable, what: str
-           ) -> tuple[Callable, str]:
-    """(function, line): the learner's function once its check passed, else the reference."""
-    if getattr(result, "passed", False):
-        return mine, f"{what}: your function (its check passed)"
-    return reference, f"{what}: the reference (yours has not passed its check yet)"
-
-
-def check_prediction(guess: float | None, actual: float, rel_tol: float = 0.5,
-                     what: str = "") -> str:
-    """A one-line verdict on a guessed number against the measured one."""
-    if guess is None:
-        return f"⬜ {what}: no prediction entered (measured {actual:.3g})"
-    ok = abs(guess - actual) <= rel_tol * abs(actual)
-    return (f"{'✅' if ok else '❌'} {what}: you said {guess:.3g}, measured {actual:.3g} "
-            f"({'within' if ok else 'outside'} ±{rel_tol:.0%})")
