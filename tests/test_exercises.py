@@ -114,7 +114,7 @@ def test_check_functions_exist_and_solutions_print(capsys):
 
 def test_lab_exercise_lists():
     assert exercises.lab_exercises("00_welcome") == [
-        "weight_bytes", "decode_tokens_per_second", "cost_per_million_tokens"]
+        "greedy_decode", "decode_tokens_per_second", "weight_bytes", "cost_per_million_tokens"]
     assert len(exercises.lab_exercises("01_kv_cache")) == 3
 
 
