@@ -116,6 +116,16 @@ class StepExercise(Exercise):
         return torch.cat([torch.tensor([float(got), float(tracked)], dtype=torch.float64),
                           params])
 
+    def cases(self, seed: int | None = None) -> list[Case]:
+        # The fixed cases hold optimizers, and the first optimizer made in a process
+        # imports torch._dynamo (and with it Triton, a second of startup and its memory):
+        # build them when the exercise is first graded, not when the registry loads.
+        if not self.fixed_cases:
+            self.fixed_cases = [_step_case(0), _step_case(1, T=1.0),
+                                _step_case(2, 3, 5, 4.0, opt="wd"),
+                                _step_case(3, 1, 12, 0.5, vocab=48)]
+        return super().cases(seed)
+
     def describe(self, case: Case) -> str:
         student, teacher, opt, x, T, _ = case.args
 
@@ -176,8 +186,7 @@ def _random_step_case(rng: random.Random) -> Case:
 STEP_EXERCISES = [
     StepExercise(
         "distill_step", LAB, distill_step, kind="technique",
-        fixed_cases=[_step_case(0), _step_case(1, T=1.0), _step_case(2, 3, 5, 4.0, opt="wd"),
-                     _step_case(3, 1, 12, 0.5, vocab=48)],
+        fixed_cases=[],  # built on first use: see StepExercise.cases
         random_case=_random_step_case, n_random=4,
         rtol=1e-5, atol=1e-7,
         hint="Run the teacher without recording a graph (its outputs are fixed targets), run "
