@@ -21,7 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +31,7 @@ from torch import nn
 from ..zoo import data
 from ..zoo.loop import Checkpoint, Run, TrainConfig, adamw, atomic_save, resume, train_loop
 
-KINDS = ("medusa", "eagle")
+KINDS = ("medusa", "eagle", "distilled")
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "zoo" / "weights"
 RUNS_DIR = Path.home() / ".cache" / "infer_lab" / "drafts"  # outside the repo
 
@@ -63,14 +63,31 @@ def make_draft(kind: str, target: nn.Module, cfg: DraftConfig) -> nn.Module:
         from .eagle import EagleDraft
 
         return EagleDraft.for_target(target)
+    if kind == "distilled":  # DistillSpec: a small model tuned on the target's distributions
+        from ..zoo import load_zoo
+
+        if target.config.vocab_size != 4096:
+            raise ValueError("the distilled draft starts from the zoo's code-s, whose "
+                             "tokenizer only the zoo's targets share")
+        return load_zoo("code-s", device=target.device)[0].train()
     raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+
+
+def distilled_loss(student: nn.Module, target: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Forward KL to the target's distribution at T = 1 (DistillSpec, Zhou et al. 2024:
+    acceptance is 1 - TV(p, q), so a draft is tuned towards the target, not the data)."""
+    from ..distill.losses import kd_loss
+
+    with torch.no_grad():
+        teacher = target(x)  # (B, T, V)
+    return kd_loss(student(x), teacher, temperature=1.0)
 
 
 def draft_loss(kind: str):
     from .eagle import eagle_loss
     from .medusa import medusa_loss
 
-    return {"medusa": medusa_loss, "eagle": eagle_loss}[kind]
+    return {"medusa": medusa_loss, "eagle": eagle_loss, "distilled": distilled_loss}[kind]
 
 
 def token_streams(tok, cache_dir: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -114,9 +131,10 @@ def acceptance(kind: str, draft: nn.Module, target: nn.Module, prompts: list[lis
     from .eagle import EagleDrafter
     from .medusa import MedusaDrafter
     from .stats import SpecStats
-    from .tree_decode import tree_speculative_decode
+    from .tree_decode import ModelTreeDrafter, tree_speculative_decode
 
-    make = {"medusa": MedusaDrafter, "eagle": EagleDrafter}[kind]
+    make = {"medusa": MedusaDrafter, "eagle": EagleDrafter,
+            "distilled": lambda d, t, b: ModelTreeDrafter(d, b)}[kind]
     depth = min(depth, getattr(draft.config, "n_heads", depth))
     stats = SpecStats()
     for p in prompts:
@@ -189,7 +207,9 @@ def export(kind: str, target_name: str, draft: nn.Module, target: nn.Module, tok
             "train_config": asdict(cfg), "data_rule": data.RULE, "torch": torch.__version__,
             "history": state["history"]}
     stem = f"{target_name}.{kind}"
-    sd = {k: v.detach().half().contiguous() for k, v in draft.state_dict().items()}
+    tied = getattr(getattr(draft, "config", None), "tie_embeddings", False)
+    sd = {k: v.detach().half().contiguous() for k, v in draft.state_dict().items()
+          if not (tied and k == "lm_head.weight")}  # a tied head is the embedding: once
     atomic_save(lambda p: save_file(sd, str(p)), out_dir / f"{stem}.safetensors")
     atomic_save(lambda p: p.write_text(json.dumps(card, indent=2)), out_dir / f"{stem}.json")
     print(json.dumps({k: v for k, v in card.items() if k != "history"}, indent=2))
@@ -217,7 +237,12 @@ def load_draft(kind: str, target: nn.Module, target_name: str,
         raise ValueError(f"this {kind} draft was trained for a target with {trained}; this "
                          f"target has {here}")
     draft = make_draft(kind, target, DraftConfig(**card["train_config"]))
-    draft.load_state_dict(load_file(str(weights_dir / f"{target_name}.{kind}.safetensors")))
+    state = load_file(str(weights_dir / f"{target_name}.{kind}.safetensors"))
+    missing, unexpected = draft.load_state_dict(state, strict=False)
+    tied = getattr(getattr(draft, "config", None), "tie_embeddings", False)
+    if unexpected or set(missing) - ({"lm_head.weight"} if tied else set()):
+        raise RuntimeError(f"{kind} draft for {target_name}: weights do not match (missing "
+                           f"{missing}, unexpected {unexpected})")
     return draft.to(device=target.device, dtype=target.dtype).eval(), card
 
 
@@ -228,6 +253,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("kind", choices=KINDS)
     ap.add_argument("target", help="code-m, or smollm2-135m")
     ap.add_argument("--steps", type=int, help="override the step count")
+    ap.add_argument("--lr", type=float, help="override the peak learning rate (min_lr: a tenth)")
     ap.add_argument("--minutes", type=float, help="stop (with a checkpoint) after about this")
     ap.add_argument("--run-dir", type=Path, help=f"checkpoints (default {RUNS_DIR}/...)")
     ap.add_argument("--out-dir", type=Path, default=WEIGHTS_DIR)
@@ -235,7 +261,11 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = DraftConfig() if args.steps is None else DraftConfig(steps=args.steps)
+    cfg = DraftConfig()
+    if args.steps is not None:
+        cfg = replace(cfg, steps=args.steps)
+    if args.lr is not None:
+        cfg = replace(cfg, lr=args.lr, min_lr=args.lr / 10)
     run_dir = args.run_dir or RUNS_DIR / f"{args.target}.{args.kind}"
     target, tok = infer_lab.load(args.target, device="cpu", dtype=torch.float32)
     train_ids, valid_ids = token_streams(tok, run_dir)
