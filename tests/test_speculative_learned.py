@@ -132,3 +132,22 @@ def test_an_interrupted_training_resumes_to_the_same_weights(tmp_path, kind):
         load_draft(kind, tiny(1, vocab=60, d=48), "tiny", tmp_path / "out")
     with pytest.raises(FileNotFoundError, match="train_draft"):
         load_draft(kind, target, "nothing", tmp_path / "out")
+
+
+@pytest.mark.parametrize("kind", ["medusa", "eagle", "distilled"])
+def test_the_shipped_drafts_load_and_keep_greedy_output(kind):
+    import infer_lab
+    from infer_lab.speculative.train_draft import WEIGHTS_DIR, load_draft
+    from infer_lab.speculative.tree_decode import ModelTreeDrafter
+
+    target, tok = infer_lab.load("code-m", device="cpu", dtype=torch.float32)
+    draft, card = load_draft(kind, target, "code-m")
+    assert card["kind"] == kind and 0 < card["acceptance_greedy"]["alpha"] <= 1
+    make = {"medusa": lambda: MedusaDrafter(draft, target, (2, 2)),
+            "eagle": lambda: EagleDrafter(draft, target, (1, 1, 1)),
+            "distilled": lambda: ModelTreeDrafter(draft, (1, 1, 1))}[kind]
+    prompt = tok.encode("def read_config(path):\n")
+    out, _ = tree_speculative_decode(target, make(), prompt, 24)
+    assert out == generate(target, [prompt], 24)[0]
+    total = sum(f.stat().st_size for f in WEIGHTS_DIR.iterdir())
+    assert total <= 30e6, f"the zoo with its drafts is {total / 1e6:.1f} MB (> 30 MB)"
