@@ -30,7 +30,7 @@ from torch import nn
 from ..config import ModelConfig
 from ..kv_cache import KVCache, NoCache
 from ..model import Block, Transformer, rope_frequencies
-from .tree import TokenTree, TreeCache, tree_visibility
+from .tree import TokenTree, TreeCache, check_branching, tree_size, tree_visibility
 from .tree_decode import Round
 
 
@@ -98,9 +98,7 @@ class EagleDrafter:
 
     def __init__(self, draft: EagleDraft, target: Transformer, branching: Sequence[int]):
         draft.check_target(target)
-        if not branching or any(int(b) < 1 for b in branching):
-            raise ValueError(f"branching needs one count >= 1 per depth, got {branching!r}")
-        self.draft, self.target, self.branching = draft, target, tuple(map(int, branching))
+        self.draft, self.target, self.branching = draft, target, check_branching(branching)
 
     def models(self) -> list[Transformer]:
         return []
@@ -109,11 +107,7 @@ class EagleDrafter:
         return len(self.branching)
 
     def size(self) -> int:
-        n, width = 0, 1
-        for b in self.branching:
-            width *= b
-            n += width
-        return n
+        return tree_size(self.branching)
 
     def start(self, prompt: list[int], max_len: int, gen: torch.Generator | None) -> None:
         self.cache = self.draft.cache(max_len)

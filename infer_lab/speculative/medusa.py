@@ -24,7 +24,7 @@ from torch import nn
 
 from ..model import Transformer
 from .features import features_and_logits
-from .tree import TokenTree
+from .tree import TokenTree, check_branching, tree_size
 from .tree_decode import Round
 
 
@@ -95,12 +95,11 @@ class MedusaDrafter:
 
     def __init__(self, heads: MedusaHeads, target: Transformer, branching: Sequence[int]):
         heads.check_target(target)
-        if not branching or any(int(b) < 1 for b in branching):
-            raise ValueError(f"branching needs one count >= 1 per depth, got {branching!r}")
+        branching = check_branching(branching)
         if len(branching) > heads.config.n_heads:
             raise ValueError(f"a tree of depth {len(branching)} needs {len(branching)} heads; "
                              f"these are {heads.config.n_heads}")
-        self.heads, self.target, self.branching = heads, target, tuple(map(int, branching))
+        self.heads, self.target, self.branching = heads, target, branching
 
     def models(self) -> list[Transformer]:
         return []  # the heads read the target itself
@@ -109,11 +108,7 @@ class MedusaDrafter:
         return len(self.branching)
 
     def size(self) -> int:
-        n, width = 0, 1
-        for b in self.branching:
-            width *= b
-            n += width
-        return n
+        return tree_size(self.branching)
 
     def start(self, prompt: list[int], max_len: int, gen: torch.Generator | None) -> None:
         self.feature: torch.Tensor | None = None  # h at the last accepted token

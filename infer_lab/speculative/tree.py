@@ -82,6 +82,22 @@ class TokenTree:
         return out[::-1]
 
 
+def check_branching(branching) -> tuple[int, ...]:
+    """A static tree's shape: children per node at each depth, every count >= 1."""
+    if not branching or any(int(b) < 1 for b in branching):
+        raise ValueError(f"branching needs one count >= 1 per depth, got {branching!r}")
+    return tuple(int(b) for b in branching)
+
+
+def tree_size(branching: tuple[int, ...]) -> int:
+    """Nodes of a full static tree: b1 + b1*b2 + ... (the cache slots a round needs)."""
+    n, width = 0, 1
+    for b in branching:
+        width *= b
+        n += width
+    return n
+
+
 def ancestor_mask(parents: list[int]) -> torch.Tensor:
     """(N, N) bool: True where node i may see node j (j is i or one of its ancestors)."""
     n = len(parents)

@@ -33,7 +33,16 @@ from ..model import Transformer
 from ..validate import integer
 from .features import capture_features
 from .stats import SpecStats
-from .tree import TokenTree, TreeCache, keep_path, tree_visibility, verify_tree, verify_tree_greedy
+from .tree import (
+    TokenTree,
+    TreeCache,
+    check_branching,
+    keep_path,
+    tree_size,
+    tree_visibility,
+    verify_tree,
+    verify_tree_greedy,
+)
 
 
 @dataclass
@@ -78,9 +87,7 @@ class ModelTreeDrafter:
 
     def __init__(self, model: Transformer, branching: Sequence[int],
                  sampling: Sampling = GREEDY):
-        if not branching or any(int(b) < 1 for b in branching):
-            raise ValueError(f"branching needs one count >= 1 per depth, got {branching!r}")
-        self.model, self.branching, self.sampling = model, tuple(int(b) for b in branching), sampling
+        self.model, self.branching, self.sampling = model, check_branching(branching), sampling
 
     def models(self) -> list[Transformer]:
         return [self.model]
@@ -89,12 +96,7 @@ class ModelTreeDrafter:
         return len(self.branching)
 
     def size(self) -> int:
-        """Nodes in a full tree."""
-        n, width = 0, 1
-        for b in self.branching:
-            width *= b
-            n += width
-        return n
+        return tree_size(self.branching)
 
     def start(self, prompt: list[int], max_len: int, gen: torch.Generator | None) -> None:
         self.cache = KVCache.for_model(self.model, 1, max_len)
