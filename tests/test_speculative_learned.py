@@ -151,3 +151,21 @@ def test_the_shipped_drafts_load_and_keep_greedy_output(kind):
     assert out == generate(target, [prompt], 24)[0]
     total = sum(f.stat().st_size for f in WEIGHTS_DIR.iterdir())
     assert total <= 30e6, f"the zoo with its drafts is {total / 1e6:.1f} MB (> 30 MB)"
+
+
+def test_sampled_eagle_tree_keeps_the_target_distribution():
+    """At T = 1 the EAGLE drafter draws its children from its own distribution q; the
+    sibling rule must still give the target's distribution of the first two tokens."""
+    from test_speculative_tree import CHI2_63_P001, _chi2, _exact_first_two
+
+    from infer_lab.generate import Sampling
+
+    target = tiny(3, vocab=8, scale=3.0)
+    draft = _noisy(EagleDraft.for_target(target), 5).eval()
+    counts = torch.zeros(8, 8)
+    for i in range(1500):  # ~23 per cell of the 8 x 8 table
+        s = Sampling(temperature=1.0, seed=i)
+        out, _ = tree_speculative_decode(target, EagleDrafter(draft, target, (3, 2), s),
+                                             [1, 2], 2, sampling=s)
+        counts[out[0], out[1]] += 1
+    assert _chi2(counts, _exact_first_two(target)) < CHI2_63_P001

@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 import torch
 
 from ..zoo.data import edit_prompts, held_out_prompts
-from . import format_table, interleaved_times, median
+from . import format_table, interleaved_times, median, spec_learned
 
 SELF_DRAFT = "int8 dynamic (fbgemm)"  # the quantized copy with the cheapest step on CPU
 
@@ -253,6 +253,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     s = _setup(sz)
     groups = _groups(s, sz)
     passes = _passes(s, groups, sz.n_new)
+    learned = spec_learned.add_passes(passes, s, sz, args.quick)
     # Every row alternates with every other (A B C ... A B C ...): a slow phase of a busy
     # machine is spread over all rows instead of landing on one, and each row's repeats
     # feed the spread check of infer_lab.bench.load.
@@ -275,6 +276,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for name, v in ratios.items():
         print(f"{name}: {v:.3f}")
     _print_limit(figures["speculative"][ratios["spec_best_k"]]["alpha"], c)
+    table, figures["learned"], learned_ratios = spec_learned.report(learned, passes, sec)
+    print("\nlearned drafts and token trees (issue 18): speedup over plain decoding at the "
+          "same temperature; c: the draft's seconds per depth over a plain step; theory: "
+          "chains (1-a^(k+1))/((1-a)(kc+1)), trees tok/call / (1 + depth c); every greedy "
+          "output equals plain greedy decoding")
+    print(format_table(table, spec_learned.HEADERS))
+    for name, v in learned_ratios.items():
+        print(f"{name}: {v:.3f}")
+    for name, label in figures["learned"]["best"].items():
+        print(f"  {name}: {label}")
+    ratios.update(learned_ratios)
     figures["hf_assisted_tokens_per_s"] = n_tok / sec[HF_ASSISTED]
     figures["hf_prompt_lookup_tokens_per_s"] = n_tok / sec[HF_LOOKUP]
     return {"figures": figures, "ratios": ratios, "timings": times}

@@ -28,30 +28,32 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
+from ..generate import GREEDY, Sampling
 from ..kv_cache import KVCache, NoCache
 from ..model import Block, Transformer, rope_frequencies
 from .tree import TokenTree, TreeCache, check_branching, tree_size, tree_visibility
-from .tree_decode import Round
+from .tree_decode import Round, draw_children
 
 
 class EagleDraft(nn.Module):
     """fc over [feature; next token's embedding], then one decoder layer of the target's
     shape. ``forward(f, tokens, tok_emb, cache, pos)`` -> predicted features (B, T, C)."""
 
-    def __init__(self, target_config: ModelConfig):
+    def __init__(self, target_config: ModelConfig, d_ff: int | None = None):
         super().__init__()
         if target_config.block != "llama":
             raise ValueError("the EAGLE draft is a Llama-style layer (RoPE); this target is "
                              f"{target_config.block!r}")
-        self.config = replace(target_config, n_layer=1)
+        # d_ff: a narrower MLP than the target's keeps a large target's draft small
+        self.config = replace(target_config, n_layer=1, d_ff=d_ff or target_config.d_ff)
         d = self.config.d_model
         self.fc = nn.Linear(2 * d, d)
         self.block = Block(self.config, 0)
         self.register_buffer("inv_freq", rope_frequencies(self.config), persistent=False)
 
     @classmethod
-    def for_target(cls, target: Transformer) -> EagleDraft:
-        return cls(target.config).to(target.device)
+    def for_target(cls, target: Transformer, d_ff: int | None = None) -> EagleDraft:
+        return cls(target.config, d_ff).to(target.device)
 
     def check_target(self, target: Transformer) -> None:
         c, m = target.config, self.config
@@ -79,26 +81,36 @@ class EagleDraft(nn.Module):
 
 
 def eagle_loss(draft: EagleDraft, target: Transformer, x: torch.Tensor,
-               token_weight: float = 0.1) -> torch.Tensor:
+               features: torch.Tensor | None = None, token_weight: float = 0.1,
+               ce_stride: int = 1) -> torch.Tensor:
     """Smooth L1 between predicted and true features at t+1, plus ``token_weight`` times
-    the cross-entropy of token t+2 through the target's lm_head (EAGLE's objective)."""
+    the cross-entropy of token t+2 through the target's lm_head (EAGLE's objective).
+
+    ``features``: the target's, cached (:class:`~.features.FeatureBank`); None: computed.
+    ``ce_stride``: the cross-entropy on every s-th position only; with a 49k vocabulary
+    the lm_head's product costs ~10x the draft layer, and the regression term already
+    trains every position."""
     from .features import features_and_logits
 
-    f, _ = features_and_logits(target, x)  # (B, T, C), the target frozen
+    f = features_and_logits(target, x)[0] if features is None else features  # (B, T, C)
     pred = draft(f[:, :-1], x[:, 1:], target.tok_emb)  # (B, T-1, C): f^ at t+1
     reg = F.smooth_l1_loss(pred, f[:, 1:])
-    logits = target.lm_head(pred[:, :-1])  # (B, T-2, V): token t+2
-    ce = F.cross_entropy(logits.flatten(0, 1), x[:, 2:].flatten())
+    logits = target.lm_head(pred[:, :-1:ce_stride])  # (B, ~T/s, V): token t+2
+    ce = F.cross_entropy(logits.flatten(0, 1), x[:, 2::ce_stride].flatten())
     return reg + token_weight * ce
 
 
 class EagleDrafter:
-    """A :class:`~.tree_decode.TreeDrafter` from an EAGLE draft; ``branching`` as in
-    :class:`~.tree_decode.ModelTreeDrafter` (top-b per node at each depth)."""
+    """A :class:`~.tree_decode.TreeDrafter` from an EAGLE draft; ``branching`` and
+    ``sampling`` as in :class:`~.tree_decode.ModelTreeDrafter` (greedy: the top b per
+    node; sampled: b draws from the draft's distribution, which the sibling rule needs
+    to accept as often as the distributions overlap, not just as often as p(top-1))."""
 
-    def __init__(self, draft: EagleDraft, target: Transformer, branching: Sequence[int]):
+    def __init__(self, draft: EagleDraft, target: Transformer, branching: Sequence[int],
+                 sampling: Sampling = GREEDY):
         draft.check_target(target)
         self.draft, self.target, self.branching = draft, target, check_branching(branching)
+        self.sampling = sampling
 
     def models(self) -> list[Transformer]:
         return []
@@ -110,7 +122,7 @@ class EagleDrafter:
         return tree_size(self.branching)
 
     def start(self, prompt: list[int], max_len: int, gen: torch.Generator | None) -> None:
-        self.cache = self.draft.cache(max_len)
+        self.cache, self.gen = self.draft.cache(max_len), gen
         self.pairs: list[tuple[torch.Tensor, int, int]] = []  # (feature, next token, position)
         self.kept, self.position = 0, 0  # draft slots to keep; target position of pending
 
@@ -127,15 +139,16 @@ class EagleDrafter:
         out = self._run(f, [p[1] for p in self.pairs], [p[2] for p in self.pairs], self.cache)
         self.pairs, self.kept = [], self.cache.length  # what stays after this round
         root_pos = int(self.cache.next_pos[0])  # position of the root (the next token)
-        tokens, parents, frontier, frontier_f = [], [], [-1], [out[-1]]
+        tokens, parents, qs, frontier, frontier_f = [], [], [], [-1], [out[-1]]
         for d, b in enumerate(self.branching, start=1):
             new, new_parent_f = [], []
             for node, fh in zip(frontier, frontier_f):
-                top = torch.topk(self.target.lm_head(fh), b).indices.tolist()
-                for t in top:
+                kids, q = draw_children(self.target.lm_head(fh), b, self.sampling, self.gen)
+                for t in kids:
                     new.append(len(tokens))
                     tokens.append(t)
                     parents.append(node)
+                    qs.append(q)
                     new_parent_f.append(fh)
             if d == len(self.branching):
                 break
@@ -144,7 +157,7 @@ class EagleDrafter:
                                         [root_pos + d - 1] * len(new),
                                         TreeCache(self.cache, self.kept, vis.to(f.device))))
             frontier = new
-        return TokenTree(tokens, parents)
+        return TokenTree(tokens, parents, None if self.sampling.greedy else torch.stack(qs))
 
     def commit(self, round: Round) -> None:
         """Forget the predicted pairs; queue the accepted ones with the target's features:

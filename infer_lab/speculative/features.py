@@ -8,8 +8,11 @@ so the model needs no second output and the drafts plug in from outside.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
+from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..model import Transformer
@@ -34,3 +37,66 @@ def features_and_logits(model: Transformer, idx: torch.Tensor
     with capture_features(model) as seen:
         logits = model(idx)
     return seen[-1], logits
+
+
+class FeatureBank:
+    """The frozen target's features over a token stream, computed once and kept on disk.
+
+    A draft for a large target (SmolLM2's forward is ~20x code-m's) would spend most of
+    each training step re-running the target on the same text; the issue's budget allows
+    computing the features once. The stream is cut into ``chunk``-token windows, each run
+    alone (so its features see that window's context only, as a training window's would);
+    ``tokens.npy`` (N, chunk) int32 and ``features.npy`` (N, chunk, C) fp16 are written
+    to ``.partial`` files and renamed, so an interrupted build is redone, never half-read.
+    Training windows are whole chunks, drawn by the run's checkpointed generator.
+    """
+
+    def __init__(self, tokens: np.ndarray, features: np.ndarray):
+        self.tokens, self.features = tokens, features  # (N, T), (N, T, C)
+
+    @classmethod
+    def build(cls, target: Transformer, ids: np.ndarray, folder: Path, chunk: int,
+              max_tokens: int, batch: int = 4, progress: bool = True) -> FeatureBank:
+        """Load the bank in ``folder``, or compute it over the first ``max_tokens``."""
+        from tqdm.auto import tqdm
+
+        from ..zoo.loop import atomic_save
+
+        t_path, f_path = folder / "tokens.npy", folder / "features.npy"
+        n = min(max_tokens, len(ids)) // chunk
+        if n < 1:
+            raise ValueError(f"a feature bank needs at least one window of {chunk} tokens; "
+                             f"the stream has {len(ids)}")
+        if t_path.exists() and f_path.exists():
+            bank = cls(np.load(t_path), np.load(f_path, mmap_mode="r"))
+            if bank.tokens.shape == (n, chunk) and bank.features.shape[2] == \
+                    target.config.d_model:
+                return bank
+        folder.mkdir(parents=True, exist_ok=True)
+        tokens = ids[: n * chunk].astype(np.int32).reshape(n, chunk)
+        part = folder / "features.npy.partial.npy"
+        feats = np.lib.format.open_memmap(part, mode="w+", dtype=np.float16,
+                                          shape=(n, chunk, target.config.d_model))
+        with torch.no_grad(), capture_features(target) as seen:
+            for i in tqdm(range(0, n, batch), desc="target features", disable=not progress):
+                target(torch.from_numpy(tokens[i:i + batch].astype(np.int64)))  # (b, T, V)
+                feats[i:i + batch] = seen.pop().half().numpy()
+        feats.flush()
+        del feats
+        os.replace(part, f_path)
+        atomic_save(lambda p: np.save(p, tokens), t_path, suffix=".npy")
+        return cls(tokens, np.load(f_path, mmap_mode="r"))
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def windows(self, idx: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Chunks ``idx``: tokens (B, T) int64 and features (B, T, C) float32."""
+        x = torch.from_numpy(self.tokens[idx].astype(np.int64))
+        return x, torch.from_numpy(np.asarray(self.features[idx], dtype=np.float32))
+
+    def batches(self, batch_size: int):
+        """``gen -> (tokens, features)``: ``batch_size`` random chunks, for ``train_loop``."""
+        def draw(gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+            return self.windows(torch.randint(len(self), (batch_size,), generator=gen).tolist())
+        return draw

@@ -73,10 +73,11 @@ class MedusaHeads(nn.Module):
 
 
 def medusa_loss(heads: MedusaHeads, target: Transformer, x: torch.Tensor,
-                decay: float = 0.8) -> torch.Tensor:
+                features: torch.Tensor | None = None, decay: float = 0.8) -> torch.Tensor:
     """Head i's cross-entropy on token t+1+i from h_t, weighted decay^(i-1) (Medusa-1:
-    later heads are harder and matter less, since a path rarely gets that deep)."""
-    h, _ = features_and_logits(target, x)  # (B, T, C), the target frozen
+    later heads are harder and matter less, since a path rarely gets that deep).
+    ``features``: the target's, cached; None: computed."""
+    h = features_and_logits(target, x)[0] if features is None else features  # (B, T, C)
     logits = heads(h, target.lm_head)  # (K, B, T, V)
     total, weights = 0.0, 0.0
     for i in range(len(heads.heads)):

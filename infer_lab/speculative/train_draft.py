@@ -52,6 +52,20 @@ class DraftConfig(TrainConfig):
     checkpoint_minutes: float = 3.0
     bf16: bool = False
     n_heads: int = 4  # Medusa's heads
+    draft_d_ff: int | None = None  # EAGLE's MLP width; None: the target's
+    feature_tokens: int = 0  # > 0: cache the target's features over this many tokens
+    ce_stride: int = 1  # EAGLE's token loss on every s-th position (a large vocabulary)
+
+
+# Per target: SmolLM2's forward costs ~20x code-m's, and its 49k-token lm_head ~10x the
+# draft layer, so its drafts train on cached features (160k tokens, ~10 min to build at
+# 2 threads) with the token loss on a quarter of the positions; its EAGLE layer has half
+# the target's MLP width (5.8 MB in fp16, so the zoo stays under 30 MB).
+PRESETS: dict[str, dict] = {
+    "smollm2-135m": {"steps": 1200, "batch_size": 4, "seq_len": 256, "draft_d_ff": 768,
+                     "feature_tokens": 163840, "ce_stride": 4, "eval_every": 200,
+                     "eval_tokens": 4096},
+}
 
 
 def make_draft(kind: str, target: nn.Module, cfg: DraftConfig) -> nn.Module:
@@ -62,7 +76,7 @@ def make_draft(kind: str, target: nn.Module, cfg: DraftConfig) -> nn.Module:
     if kind == "eagle":
         from .eagle import EagleDraft
 
-        return EagleDraft.for_target(target)
+        return EagleDraft.for_target(target, cfg.draft_d_ff)
     if kind == "distilled":  # DistillSpec: a small model tuned on the target's distributions
         from ..zoo import load_zoo
 
@@ -83,11 +97,32 @@ def distilled_loss(student: nn.Module, target: nn.Module, x: torch.Tensor) -> to
     return kd_loss(student(x), teacher, temperature=1.0)
 
 
-def draft_loss(kind: str):
+def draft_loss(kind: str, cfg: DraftConfig | None = None):
+    """``(draft, target, x, features=None) -> loss`` of a kind."""
+    from functools import partial
+
     from .eagle import eagle_loss
     from .medusa import medusa_loss
 
-    return {"medusa": medusa_loss, "eagle": eagle_loss, "distilled": distilled_loss}[kind]
+    if kind == "eagle":
+        return partial(eagle_loss, ce_stride=1 if cfg is None else cfg.ce_stride)
+    if kind == "medusa":
+        return medusa_loss
+    return lambda draft, target, x, features=None: distilled_loss(draft, target, x)
+
+
+def feature_banks(kind: str, target: nn.Module, train_ids: np.ndarray, valid_ids: np.ndarray,
+                  cfg: DraftConfig, run_dir: Path, progress: bool = True):
+    """(train bank, valid bank) of the target's features when ``cfg`` caches them, else
+    (None, None). The distilled draft reads logits, not features: it never caches."""
+    from .features import FeatureBank
+
+    if not cfg.feature_tokens or kind == "distilled":
+        return None, None
+    return (FeatureBank.build(target, train_ids, run_dir / "features-train", cfg.seq_len,
+                              cfg.feature_tokens, progress=progress),
+            FeatureBank.build(target, valid_ids, run_dir / "features-valid", cfg.seq_len,
+                              cfg.eval_tokens, progress=progress))
 
 
 def token_streams(tok, cache_dir: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -108,17 +143,21 @@ def token_streams(tok, cache_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     return out[0], out[1]
 
 
-def held_out_loss(kind: str, target: nn.Module, ids: np.ndarray, cfg: DraftConfig):
-    """The draft's own objective on fixed validation windows (the same every eval)."""
-    loss = draft_loss(kind)
-    n = min(cfg.eval_tokens, len(ids) - 1) // cfg.seq_len
+def held_out_loss(kind: str, target: nn.Module, ids: np.ndarray, cfg: DraftConfig, bank=None):
+    """The draft's own objective on fixed validation windows (the same every eval), on
+    ``bank``'s cached features when given."""
+    loss = draft_loss(kind, cfg)
+    n = min(cfg.eval_tokens, len(ids) - 1) // cfg.seq_len if bank is None else len(bank)
     windows = torch.from_numpy(ids[: n * cfg.seq_len].astype(np.int64)).view(n, cfg.seq_len)
+
+    def batch(i: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        idx = list(range(i, min(i + cfg.batch_size, n)))
+        return (windows[idx], None) if bank is None else bank.windows(idx)
 
     @torch.no_grad()
     def score(draft: nn.Module) -> float:
         draft.eval()
-        vals = [float(loss(draft, target, windows[i:i + cfg.batch_size]))
-                for i in range(0, n, cfg.batch_size)]
+        vals = [float(loss(draft, target, *batch(i))) for i in range(0, n, cfg.batch_size)]
         draft.train()
         return float(np.mean(vals))
 
@@ -161,12 +200,17 @@ def train(kind: str, target: nn.Module, target_name: str, train_ids: np.ndarray,
                       extra=lambda: {"draft_config": asdict(cfg), "kind": kind,
                                      "target": target_name},
                       restore=lambda ck: _same_run(ck, kind, target_name, cfg))
+    train_bank, valid_bank = feature_banks(kind, target, train_ids, valid_ids, cfg, run_dir,
+                                           progress)
     if resume(run, ckpt):
         print(f"resumed {kind} for {target_name} at step {run.state['step']}")
-    loss = draft_loss(kind)
-    state = train_loop(run, lambda m, b: loss(m, target, b[0]), cfg, train_ids, valid_ids,
-                       ckpt, desc=f"{kind} for {target_name}", progress=progress,
-                       valid_loss=held_out_loss(kind, target, valid_ids, cfg), until=until)
+    loss = draft_loss(kind, cfg)
+    cached = train_bank is not None  # batches are (tokens, features), else (x, y)
+    state = train_loop(run, lambda m, b: loss(m, target, b[0], b[1] if cached else None),
+                       cfg, train_ids, valid_ids, ckpt, desc=f"{kind} for {target_name}", progress=progress,
+                       valid_loss=held_out_loss(kind, target, valid_ids, cfg, valid_bank),
+                       until=until, batches=None if train_bank is None else
+                       train_bank.batches(cfg.batch_size))
     return draft, state
 
 
@@ -177,15 +221,17 @@ def _same_run(ck: dict, kind: str, target_name: str, cfg: DraftConfig) -> None:
                          f"{ck.get('target')}); use another --run-dir or delete it")
 
 
-def steps_per_minute(kind: str, target: nn.Module, cfg: DraftConfig, ids: np.ndarray) -> float:
+def steps_per_minute(kind: str, target: nn.Module, cfg: DraftConfig, ids: np.ndarray,
+                     bank=None) -> float:
     """Training steps a minute on this machine, from a 3-step probe (no weights change)."""
     from ..zoo.loop import get_batch
 
-    draft, loss, probe = make_draft(kind, target, cfg), draft_loss(kind), torch.Generator()
+    draft, loss, probe = make_draft(kind, target, cfg), draft_loss(kind, cfg), torch.Generator()
     t0 = time.perf_counter()
     for _ in range(3):
-        x, _ = get_batch(ids, cfg.batch_size, cfg.seq_len, probe.manual_seed(0))
-        loss(draft, target, x).backward()
+        b = (get_batch(ids, cfg.batch_size, cfg.seq_len, probe.manual_seed(0))[0], None) if \
+            bank is None else bank.batches(cfg.batch_size)(probe.manual_seed(0))
+        loss(draft, target, *b).backward()
     return 3 * 60 / (time.perf_counter() - t0)
 
 
@@ -261,7 +307,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = DraftConfig()
+    cfg = DraftConfig(**PRESETS.get(args.target, {}))
     if args.steps is not None:
         cfg = replace(cfg, steps=args.steps)
     if args.lr is not None:
@@ -273,8 +319,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.minutes is not None:
         done = torch.load(run_dir / "ckpt.pt", weights_only=False)["state"]["step"] if (
             run_dir / "ckpt.pt").exists() else 0
+        bank = feature_banks(args.kind, target, train_ids, valid_ids, cfg, run_dir)[0]
         until = done + max(1, int(args.minutes * steps_per_minute(args.kind, target, cfg,
-                                                                  train_ids)))
+                                                                  train_ids, bank)))
     draft, state = train(args.kind, target, args.target, train_ids, valid_ids, cfg, run_dir,
                          until=until)
     if state["step"] < cfg.steps:

@@ -82,6 +82,17 @@ class TreeDrafter(Protocol):
     def models(self) -> list[Transformer]: ...
 
 
+def draw_children(logits: torch.Tensor, b: int, sampling: Sampling,
+                  gen: torch.Generator | None) -> tuple[list[int], torch.Tensor | None]:
+    """A node's ``b`` children from the draft's logits (V,): the top b when greedy (q
+    None: one-hot proposals); else b independent draws from q, returned with q (SpecInfer:
+    the sibling rule then keeps the target's distribution whatever q is)."""
+    if sampling.greedy:
+        return torch.topk(logits, b).indices.tolist(), None
+    q = logits_to_probs(logits.float()[None], sampling)[0]  # (V,)
+    return torch.multinomial(q, b, replacement=True, generator=gen).tolist(), q
+
+
 class ModelTreeDrafter:
     """A draft model grows a static tree, ``branching[d]`` children per node at depth d+1."""
 
@@ -103,12 +114,6 @@ class ModelTreeDrafter:
         self.pending, self.gen = list(prompt), gen
         self.tokens: list[int] | None = None  # the last tree's tokens, until committed
 
-    def _children(self, logits: torch.Tensor, b: int) -> tuple[list[int], torch.Tensor | None]:
-        if self.sampling.greedy:
-            return torch.topk(logits, b).indices.tolist(), None
-        q = logits_to_probs(logits.float()[None], self.sampling)[0]  # (V,)
-        return torch.multinomial(q, b, replacement=True, generator=self.gen).tolist(), q
-
     @torch.inference_mode()
     def propose_tree(self) -> TokenTree:
         dev = self.model.device
@@ -120,7 +125,7 @@ class ModelTreeDrafter:
         for d, b in enumerate(self.branching, start=1):
             new = []
             for node, lg in zip(frontier, logits):
-                kids, q = self._children(lg, b)
+                kids, q = draw_children(lg, b, self.sampling, self.gen)
                 for t in kids:
                     new.append(len(tokens))
                     tokens.append(t)

@@ -204,7 +204,8 @@ def train_loop(run: Run, loss: Loss, tc: TrainConfig, train_ids: np.ndarray,
                on_eval: Callable[[int, dict], None] | None = None,
                desc: str = "train", progress: bool = True,
                valid_loss: Callable[[nn.Module], float] | None = None,
-               until: int | None = None) -> dict[str, Any]:
+               until: int | None = None,
+               batches: Callable[[torch.Generator], Batch] | None = None) -> dict[str, Any]:
     """Train ``run`` from ``run.state["step"]`` to ``tc.steps``; returns the final state.
 
     record(step, train_loss, valid_loss, seconds) makes each history entry; on_eval(step,
@@ -213,6 +214,8 @@ def train_loop(run: Run, loss: Loss, tc: TrainConfig, train_ids: np.ndarray,
     the held-out next-token loss for models that are not language models themselves (a
     draft's heads, scored on their own objective). ``until`` stops early at that step,
     with a checkpoint, without changing the schedule (a run split across sessions).
+    ``batches(gen)`` replaces the random windows of ``train_ids`` (a draft trained on the
+    target's cached features draws windows and their features together).
     """
     from tqdm.auto import tqdm
 
@@ -222,7 +225,8 @@ def train_loop(run: Run, loss: Loss, tc: TrainConfig, train_ids: np.ndarray,
     bar = tqdm(range(state["step"], last), initial=state["step"], total=tc.steps,
                desc=desc, disable=not progress)
     for step in bar:
-        batch = get_batch(train_ids, tc.batch_size, tc.seq_len, run.gen)  # (B, T) each
+        batch = (get_batch(train_ids, tc.batch_size, tc.seq_len, run.gen) if batches is None
+                 else batches(run.gen))  # (B, T) each, or (B, T) and (B, T, C)
         value = _step(run, loss, batch, lr_at(step, tc), tc.grad_clip, after_step)
         now = time.time()
         state["elapsed"] += now - t_last
