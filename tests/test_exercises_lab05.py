@@ -115,7 +115,8 @@ def test_lab05_kinds_catalog_and_predictions():
     kinds = {e.name: e.kind for e in ex5.EXERCISES}
     assert kinds == {"temperature_probs": "warm-up", "accept_or_resample": "technique",
                      "verify_draft": "technique", "expected_tokens_per_call": "warm-up",
-                     "speculative_speedup": "warm-up"}
+                     "speculative_speedup": "warm-up", "tree_attention_mask": "technique",
+                     "accept_among_siblings": "technique"}
     assert exercises.lab_exercises(ex5.LAB) == list(kinds)
     mine = [p for p in PREDICTIONS.values() if p.lab == ex5.LAB]
     assert {p.name for p in mine} == {"spec_tokens_per_call", "spec_best_k"}

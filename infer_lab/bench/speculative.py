@@ -286,6 +286,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print(f"{name}: {v:.3f}")
     for name, label in figures["learned"]["best"].items():
         print(f"  {name}: {label}")
+    best_chain = figures["learned"]["best"].get("best_chain_code_m")
+    if best_chain:  # the aim, 1.6x, against the formula at the measured c
+        f = figures["learned"]["rows"][best_chain]
+        print(f"limit: {best_chain} has alpha = {f['alpha']:.2f}, c = {f['c']:.3f}; at this c "
+              f"1.6x needs alpha >= {_alpha_needed(f['c'], 1.6):.2f} (formula, k = 1..8)")
     ratios.update(learned_ratios)
     figures["hf_assisted_tokens_per_s"] = n_tok / sec[HF_ASSISTED]
     figures["hf_prompt_lookup_tokens_per_s"] = n_tok / sec[HF_LOOKUP]

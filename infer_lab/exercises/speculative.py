@@ -13,6 +13,9 @@
   a = 1): the accepted prefix plus one corrected or bonus token.
 * speculative_speedup (warm-up): the same divided by the call's cost in target steps,
   ``k c + 1``.
+* tree_attention_mask, accept_among_siblings (techniques, :mod:`.speculative_tree`): the
+  mask that verifies a token tree in one forward, and the sibling rule that keeps tree
+  speculative sampling exact.
 
 The predictions (``PREDICTIONS``) ask for the tokens per target call and the best k from
 the alpha and c measured in the lab, before the sweep measures them.
@@ -24,7 +27,7 @@ import random
 
 import torch
 
-from . import catalog, speculative_verify
+from . import catalog, speculative_tree, speculative_verify
 from .checker import Case, Exercise, Mistake
 from .predictions import Prediction
 
@@ -290,6 +293,7 @@ EXERCISES = [
                     "The draft runs once per proposed token: k steps cost k c."),
         ],
     ),
+    *speculative_tree.exercises(LAB),
 ]
 
 PREDICTIONS = [

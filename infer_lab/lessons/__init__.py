@@ -11,6 +11,7 @@
     lab04_distillation.py           soft targets, why T^2, forward vs reverse KL, live curves
     lab05_speculative.py            verification cost, alpha and speedup against k, break-even
     lab05_speculative_distribution.py  the acceptance rule keeps p (chi-square), wrong rules
+    lab05_speculative_trees.py      learned drafts on alpha vs c, token trees step by step, tree sampling
     lab06_serving.py                batching timelines, block tables, load curves
     lab06_serving_trace.py          drive an engine over a workload: ticks or wall clock
     lab06_serving_reads.py          how a decode step reads the paged pool, timed

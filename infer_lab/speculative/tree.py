@@ -27,6 +27,7 @@ against the *original* p (no residual) over-weights tokens the draft proposes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -108,9 +109,12 @@ def ancestor_mask(parents: list[int]) -> torch.Tensor:
     return mask
 
 
-def tree_visibility(n_pending: int, parents: list[int]) -> torch.Tensor:
+def tree_visibility(n_pending: int, parents: list[int],
+                    ancestors: Callable[[list[int]], torch.Tensor] = ancestor_mask
+                    ) -> torch.Tensor:
     """(n, n) bool over ``n_pending`` ordinary tokens then the tree's nodes: the pending
-    tokens are causal, each node sees every pending token and its own ancestors."""
+    tokens are causal, each node sees every pending token and its own ancestors
+    (``ancestors(parents)``: :func:`ancestor_mask`, or a learner's, which lab 05 runs)."""
     if n_pending < 1:
         raise ValueError(f"a tree hangs below a pending token: n_pending must be >= 1, "
                          f"got {n_pending}")
@@ -118,7 +122,7 @@ def tree_visibility(n_pending: int, parents: list[int]) -> torch.Tensor:
     visible = torch.zeros(n, n, dtype=torch.bool)
     visible[:n_pending, :n_pending] = torch.ones(n_pending, n_pending, dtype=torch.bool).tril()
     visible[n_pending:, :n_pending] = True
-    visible[n_pending:, n_pending:] = ancestor_mask(parents)
+    visible[n_pending:, n_pending:] = torch.as_tensor(ancestors(parents), dtype=torch.bool)
     return visible
 
 

@@ -36,6 +36,7 @@ from .stats import SpecStats
 from .tree import (
     TokenTree,
     TreeCache,
+    ancestor_mask,
     check_branching,
     keep_path,
     tree_size,
@@ -159,7 +160,8 @@ class ModelTreeDrafter:
 @torch.inference_mode()
 def tree_speculative_decode(target: Transformer, drafter: TreeDrafter, prompt: list[int],
                             max_new_tokens: int, sampling: Sampling = GREEDY,
-                            eos_id: int | None = None, rule: Callable | None = None
+                            eos_id: int | None = None, rule: Callable | None = None,
+                            ancestors: Callable | None = None
                             ) -> tuple[list[int], SpecStats]:
     """Generate up to ``max_new_tokens`` with a token tree per target forward.
 
@@ -167,6 +169,8 @@ def tree_speculative_decode(target: Transformer, drafter: TreeDrafter, prompt: l
     is distributed as the target's (recursive rejection over siblings). ``rule`` is the
     sampled acceptance rule, :func:`~.tree.verify_tree`'s signature ``(p, tree, gen) ->
     (path, next token)`` (None: ``verify_tree``), so a lab can run a learner's.
+    ``ancestors(parents) -> (N, N) bool`` builds the target's tree mask (None:
+    :func:`~.tree.ancestor_mask`), so a lab can verify with a learner's mask.
     Statistics count the tree's depth as the tokens proposed per round.
     """
     max_new_tokens = integer("max_new_tokens", max_new_tokens, lo=1)
@@ -189,7 +193,8 @@ def tree_speculative_decode(target: Transformer, drafter: TreeDrafter, prompt: l
         tree = drafter.propose_tree() if room else TokenTree([], [])
         t1 = time.perf_counter()
         start, P = cache.length, len(pending)
-        view = TreeCache(cache, start, tree_visibility(P, tree.parents).to(cache.kpos.device))
+        vis = tree_visibility(P, tree.parents, ancestors or ancestor_mask)  # (P+N, P+N)
+        view = TreeCache(cache, start, vis.to(cache.kpos.device))
         base = int(cache.next_pos[0])
         pos = torch.tensor([list(range(base, base + P))
                             + [base + P - 1 + d for d in tree.depths()]], device=target.device)
