@@ -26,10 +26,29 @@ def test_bench_speculative_quick_writes_ratios(tmp_path, capsys):
             "hybrid lookup + code-s, k=2", "prompt lookup, k=8",
             "-- editing workload: plain (code-m)", "prompt lookup, editing, k=8",
             "transformers assisted (code-s)", "transformers prompt lookup, editing"}
-    assert set(saved["timings"]) >= rows and len(saved["timings"]) == len(rows) + 3
+    learned = {"plain (code-m), T=1", "code-m eagle chain k=2", "code-m eagle tree (2, 1)",
+               "code-m medusa tree (2,)", "code-m distilled chain k=2",
+               "code-m eagle chain k=2, T=1", "code-m eagle tree (2, 1), T=1",
+               "code-m distilled chain k=2, T=1",
+               "transformers assisted (code-m distilled draft)"}
+    assert set(saved["timings"]) >= rows | learned
+    assert len(saved["timings"]) == len(rows) + len(learned) + 3
     assert all(len(t) == 1 and t[0] > 0 for t in saved["timings"].values())  # --quick: 1
     assert set(saved["load"]) >= {"before", "after", "cores", "busy"}
     assert saved["warnings"] == result["warnings"]
     out = capsys.readouterr().out
     assert "code-s draft, k=1" in out and "hybrid lookup + code-s, k=2" in out
     assert "every speculative output equals plain greedy decoding" in out
+    # the learned drafts' ratios (issue 18), and each row's figures with alpha and c
+    for key in ("spec_speedup_learned_code_m", "spec_speedup_sampled_code_m",
+                "tree_vs_chain_code_m", "spec_vs_theory_learned_chain",
+                "ours_vs_hf_assisted_distilled"):
+        v = saved["ratios"][key]
+        assert isinstance(v, float) and math.isfinite(v) and v > 0, key
+    rows_figs = saved["figures"]["learned"]["rows"]
+    assert set(rows_figs) == learned - {"plain (code-m), T=1",
+                                        "transformers assisted (code-m distilled draft)"}
+    for f in rows_figs.values():
+        assert 0 <= f["alpha"] <= 1 and f["c"] > 0 and math.isfinite(f["theory"])
+        assert len(f["alpha_by_depth"]) == len(f["branching"])
+    assert "1.6x needs alpha" in out

