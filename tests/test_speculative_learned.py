@@ -96,16 +96,29 @@ def test_drafts_for_another_target_are_refused(target):
 
 
 # -- training: resumable, deterministic -------------------------------------------------------
-@pytest.mark.parametrize("kind", ["medusa", "eagle"])
-def test_an_interrupted_training_resumes_to_the_same_weights(tmp_path, kind):
+def _code_m():
+    import infer_lab
+
+    return infer_lab.load("code-m", device="cpu", dtype=torch.float32)[0]
+
+
+@pytest.mark.parametrize("kind, extra", [
+    ("medusa", {}), ("eagle", {}),
+    # SmolLM2's recipe at a tiny size: cached features, a narrower MLP, a strided token loss
+    ("eagle", {"feature_tokens": 320, "draft_d_ff": 32, "ce_stride": 2}),
+    ("medusa", {"feature_tokens": 320}),
+    ("distilled", {}),  # code-s tuned towards code-m
+], ids=["medusa", "eagle", "eagle-cached", "medusa-cached", "distilled"])
+def test_an_interrupted_training_resumes_to_the_same_weights(tmp_path, kind, extra):
     import numpy as np
 
     from infer_lab.speculative.train_draft import DraftConfig, export, train
 
-    target = tiny(0)
-    ids = np.random.default_rng(0).integers(0, 50, 4000).astype(np.int32)
+    target = _code_m() if kind == "distilled" else tiny(0)
+    vocab = target.config.vocab_size
+    ids = np.random.default_rng(0).integers(0, vocab, 4000).astype(np.int32)
     cfg = DraftConfig(steps=6, batch_size=2, seq_len=16, eval_every=3, eval_tokens=64,
-                      warmup=2, n_heads=2)
+                      warmup=2, n_heads=2, **extra)
     whole, s1 = train(kind, target, "tiny", ids, ids, cfg, tmp_path / "a", progress=False)
     _, cut = train(kind, target, "tiny", ids, ids, cfg, tmp_path / "b", until=3, progress=False)
     assert cut["step"] == 3 and (tmp_path / "b" / "ckpt.pt").exists()
@@ -116,9 +129,17 @@ def test_an_interrupted_training_resumes_to_the_same_weights(tmp_path, kind):
     with pytest.raises(ValueError, match="another run"):
         train(kind, target, "other", ids, ids, cfg, tmp_path / "b", progress=False)
 
+    if extra.get("feature_tokens"):  # the bank holds the target's own features
+        from infer_lab.speculative.features import FeatureBank, features_and_logits
+
+        bank = FeatureBank.build(target, ids, tmp_path / "a" / "features-train", 16, 320)
+        x, f = bank.windows([0, 7])
+        assert len(bank) == 20 and torch.allclose(f, features_and_logits(target, x)[0],
+                                                  atol=2e-3, rtol=1e-3)  # stored in fp16
+
     class Tok:
         def encode(self, text):
-            return [ord(c) % 50 for c in text]
+            return [ord(c) % vocab for c in text]
 
     card = export(kind, "tiny", whole, target, Tok(), cfg, s1, tmp_path / "out",
                   prompts=[[1, 2, 3], [4, 5]])
