@@ -48,8 +48,13 @@ def test_medusa_greedy_equals_target(target, branching):
 
 
 @pytest.mark.parametrize("branching", [(1,), (1, 1, 1), (2, 2), (3, 1, 2)])
-def test_eagle_greedy_equals_target(target, branching):
+@pytest.mark.parametrize("vocab", [None, 20], ids=["full", "draft-vocab"])
+def test_eagle_greedy_equals_target(target, branching, vocab):
+    from infer_lab.speculative.eagle import frequent_tokens
+
     draft = _noisy(EagleDraft.for_target(target), 2).eval()
+    if vocab:  # proposals from 20 of the 50 tokens: the output is still the target's
+        draft.set_vocab(frequent_tokens(torch.randint(0, 50, (500,)).numpy(), vocab))
     for prompt in ([3], [1, 4, 1, 5, 9, 2, 6]):
         out, stats = tree_speculative_decode(target, EagleDrafter(draft, target, branching),
                                              prompt, 25)
@@ -105,7 +110,7 @@ def _code_m():
 @pytest.mark.parametrize("kind, extra", [
     ("medusa", {}), ("eagle", {}),
     # SmolLM2's recipe at a tiny size: cached features, a narrower MLP, a strided token loss
-    ("eagle", {"feature_tokens": 320, "draft_d_ff": 32, "ce_stride": 2}),
+    ("eagle", {"feature_tokens": 320, "draft_d_ff": 32, "ce_stride": 2, "draft_vocab": 20}),
     ("medusa", {"feature_tokens": 320}),
     ("distilled", {}),  # code-s tuned towards code-m
 ], ids=["medusa", "eagle", "eagle-cached", "medusa-cached", "distilled"])
@@ -142,13 +147,15 @@ def test_an_interrupted_training_resumes_to_the_same_weights(tmp_path, kind, ext
             return [ord(c) % vocab for c in text]
 
     card = export(kind, "tiny", whole, target, Tok(), cfg, s1, tmp_path / "out",
-                  prompts=[[1, 2, 3], [4, 5]])
+                  prompts=[[1, 2, 3], [4, 5]], token_ids=ids)
     assert (tmp_path / "out" / f"tiny.{kind}.safetensors").exists()
     assert 0 <= card["acceptance_greedy"]["alpha"] <= 1 and card["train_steps"] == 6
     from infer_lab.speculative.train_draft import load_draft
 
     loaded, card2 = load_draft(kind, target, "tiny", tmp_path / "out")
     assert card2 == card
+    if extra.get("draft_vocab"):  # chosen at export from the training tokens, saved
+        assert loaded.vocab.tolist() == whole.vocab.tolist() and len(loaded.vocab) == 20
     for (k, a), (_, b) in zip(whole.state_dict().items(), loaded.state_dict().items()):
         assert torch.equal(a, b), k  # export rounded the trained weights to fp16 in place
     with pytest.raises(ValueError, match="trained for a target"):
@@ -176,9 +183,11 @@ def test_the_shipped_drafts_load_and_keep_greedy_output(kind):
     assert total <= 30e6, f"the zoo with its drafts is {total / 1e6:.1f} MB (> 30 MB)"
 
 
-def test_sampled_eagle_tree_keeps_the_target_distribution():
-    """At T = 1 the EAGLE drafter draws its children from its own distribution q; the
-    sibling rule must still give the target's distribution of the first two tokens."""
+@pytest.mark.parametrize("vocab", [None, [0, 2, 3, 5, 6, 7]], ids=["full", "draft-vocab"])
+def test_sampled_eagle_tree_keeps_the_target_distribution(vocab):
+    """At T = 1 the EAGLE drafter draws its children from its own distribution q (over a
+    draft vocabulary, q is zero elsewhere); the sibling rule must still give the target's
+    distribution of the first two tokens, tokens outside the draft vocabulary included."""
     from test_speculative_tree import CHI2_63_P001, _chi2, _exact_first_two
 
     from infer_lab.generate import Sampling
@@ -186,7 +195,9 @@ def test_sampled_eagle_tree_keeps_the_target_distribution():
     target = tiny(3, vocab=8, scale=3.0)
     draft = _noisy(EagleDraft.for_target(target), 5).eval()
     counts = torch.zeros(8, 8)
-    for i in range(1500):  # ~23 per cell of the 8 x 8 table
+    if vocab is not None:
+        draft.set_vocab(torch.tensor(vocab))
+    for i in range(1000):  # ~16 per cell of the 8 x 8 table
         s = Sampling(temperature=1.0, seed=i)
         out, _ = tree_speculative_decode(target, EagleDrafter(draft, target, (3, 2), s),
                                              [1, 2], 2, sampling=s)
@@ -212,3 +223,22 @@ def test_the_shipped_smollm2_eagle_draft_loads_and_keeps_greedy_output():
     code_m, _ = infer_lab.load("code-m", device="cpu", dtype=torch.float32)
     with pytest.raises(ValueError, match="trained for a target"):
         load_draft("eagle", code_m, "smollm2-135m")
+
+
+def test_the_draft_vocabulary_is_saved_proposed_from_and_counted():
+    from infer_lab.speculative.eagle import frequent_tokens
+
+    ids = [5, 5, 5, 1, 1, 9, 3, 3, 3, 3]
+    assert frequent_tokens(ids, 3).tolist() == [1, 3, 5]  # by count, then sorted by id
+    target = tiny(0)
+    draft = EagleDraft.for_target(target)
+    assert "vocab" not in draft.state_dict()
+    draft.set_vocab(torch.tensor([1, 3, 5, 7]))
+    assert draft.state_dict()["vocab"].tolist() == [1, 3, 5, 7]
+    drafter = EagleDrafter(draft.eval(), target, (2, 1))
+    out, _ = tree_speculative_decode(target, drafter, [1, 2], 12)
+    assert out == generate(target, [[1, 2]], 12)[0] and drafter.head.shape == (4, 32)
+    drafter.start([1, 2], 64, None)
+    drafter.pairs = [(torch.randn(32), 3, 0)]
+    tree = drafter.propose_tree()
+    assert set(tree.tokens) <= {1, 3, 5, 7} and len(tree.tokens) == 4

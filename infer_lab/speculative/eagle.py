@@ -50,6 +50,12 @@ class EagleDraft(nn.Module):
         self.fc = nn.Linear(2 * d, d)
         self.block = Block(self.config, 0)
         self.register_buffer("inv_freq", rope_frequencies(self.config), persistent=False)
+        self.register_buffer("vocab", None)  # (Vd,) int32, a draft vocabulary: set_vocab
+
+    def set_vocab(self, ids: torch.Tensor | None) -> None:
+        """Keep ``ids`` (the draft vocabulary, e.g. :func:`frequent_tokens`) with the
+        weights (saved and loaded as the buffer ``vocab``); None: the full vocabulary."""
+        self.vocab = None if ids is None else torch.as_tensor(ids, dtype=torch.int32)
 
     @classmethod
     def for_target(cls, target: Transformer, d_ff: int | None = None) -> EagleDraft:
@@ -80,6 +86,15 @@ class EagleDraft(nn.Module):
         return self.block(x, rope, cache, step)
 
 
+def frequent_tokens(ids, n: int) -> torch.Tensor:
+    """The ``n`` most frequent token ids of a stream (ties: the lower id), sorted by id."""
+    import numpy as np
+
+    counts = np.bincount(np.asarray(ids, dtype=np.int64))
+    top = np.argsort(-counts, kind="stable")[:n]
+    return torch.from_numpy(np.sort(top)).to(torch.int32)
+
+
 def eagle_loss(draft: EagleDraft, target: Transformer, x: torch.Tensor,
                features: torch.Tensor | None = None, token_weight: float = 0.1,
                ce_stride: int = 1) -> torch.Tensor:
@@ -107,10 +122,31 @@ class EagleDrafter:
     to accept as often as the distributions overlap, not just as often as p(top-1))."""
 
     def __init__(self, draft: EagleDraft, target: Transformer, branching: Sequence[int],
-                 sampling: Sampling = GREEDY):
+                 sampling: Sampling = GREEDY, vocab: torch.Tensor | None = None):
         draft.check_target(target)
         self.draft, self.target, self.branching = draft, target, check_branching(branching)
         self.sampling = sampling
+        # The draft proposes from ``vocab`` only (default: the draft's own, if it has one):
+        # the rows of lm_head for the most frequent tokens (FR-Spec, Zhao et al. 2025;
+        # EAGLE-3's reduced draft vocabulary). With SmolLM2's 49k-token head, reading
+        # the whole head per draft step costs more than the draft layer; the target still
+        # verifies over the full vocabulary, so outputs are unchanged.
+        vocab = getattr(draft, "vocab", None) if vocab is None else vocab
+        self.vocab = None if vocab is None or len(vocab) >= target.config.vocab_size else \
+            vocab.to(device=target.device, dtype=torch.long)
+        w = target.lm_head.weight  # (V, C)
+        self.head = w if self.vocab is None else w[self.vocab].contiguous()  # (Vd, C)
+
+    def _draw(self, fh: torch.Tensor, b: int) -> tuple[list[int], torch.Tensor | None]:
+        """Children below a node with predicted feature ``fh`` (C,): token ids, and q over
+        the full vocabulary when sampling (zero outside the draft vocabulary)."""
+        idx, q = draw_children(fh @ self.head.T, b, self.sampling, self.gen)  # (Vd,) logits
+        if self.vocab is None:
+            return idx, q
+        if q is not None:
+            q = torch.zeros(self.target.config.vocab_size, dtype=q.dtype,
+                            device=q.device).index_copy_(0, self.vocab, q)  # (V,)
+        return self.vocab[idx].tolist(), q
 
     def models(self) -> list[Transformer]:
         return []
@@ -143,7 +179,7 @@ class EagleDrafter:
         for d, b in enumerate(self.branching, start=1):
             new, new_parent_f = [], []
             for node, fh in zip(frontier, frontier_f):
-                kids, q = draw_children(self.target.lm_head(fh), b, self.sampling, self.gen)
+                kids, q = self._draw(fh, b)
                 for t in kids:
                     new.append(len(tokens))
                     tokens.append(t)
