@@ -66,8 +66,12 @@ def test_losses_train_the_drafts(target):
     x = torch.randint(0, 50, (4, 24), generator=torch.Generator().manual_seed(0))
     target.requires_grad_(False)  # as the training script does: the target is frozen
     before = {k: v.clone() for k, v in target.state_dict().items()}
+    from functools import partial
+
     heads, draft = MedusaHeads.for_target(target, 2), EagleDraft.for_target(target)
-    for module, loss in ((heads, medusa_loss), (draft, eagle_loss)):
+    kl_draft = EagleDraft.for_target(target)  # the token loss against the target's own p
+    for module, loss in ((heads, medusa_loss), (draft, eagle_loss),
+                         (kl_draft, partial(eagle_loss, token_target="target"))):
         opt = torch.optim.AdamW(module.parameters(), lr=3e-3)
         first = loss(module, target, x).item()
         for _ in range(30):
@@ -76,6 +80,8 @@ def test_losses_train_the_drafts(target):
             opt.step()
         assert loss(module, target, x).item() < 0.8 * first
     assert all(torch.equal(before[k], v) for k, v in target.state_dict().items())
+    with pytest.raises(ValueError, match="token_target"):
+        eagle_loss(draft, target, x, token_target="logits")
 
 
 def test_untrained_medusa_heads_predict_the_next_token_again(target):

@@ -97,21 +97,32 @@ def frequent_tokens(ids, n: int) -> torch.Tensor:
 
 def eagle_loss(draft: EagleDraft, target: Transformer, x: torch.Tensor,
                features: torch.Tensor | None = None, token_weight: float = 0.1,
-               ce_stride: int = 1) -> torch.Tensor:
+               ce_stride: int = 1, token_target: str = "data") -> torch.Tensor:
     """Smooth L1 between predicted and true features at t+1, plus ``token_weight`` times
     the cross-entropy of token t+2 through the target's lm_head (EAGLE's objective).
 
     ``features``: the target's, cached (:class:`~.features.FeatureBank`); None: computed.
     ``ce_stride``: the cross-entropy on every s-th position only; with a 49k vocabulary
     the lm_head's product costs ~10x the draft layer, and the regression term already
-    trains every position."""
+    trains every position. ``token_target``: "data", the cross-entropy with the token that
+    followed (EAGLE's); "target", the KL from the target's own distribution, read off the
+    true next feature through lm_head (acceptance is agreement with the target, not
+    with the data: DistillSpec's argument, at feature level)."""
     from .features import features_and_logits
 
     f = features_and_logits(target, x)[0] if features is None else features  # (B, T, C)
     pred = draft(f[:, :-1], x[:, 1:], target.tok_emb)  # (B, T-1, C): f^ at t+1
     reg = F.smooth_l1_loss(pred, f[:, 1:])
     logits = target.lm_head(pred[:, :-1:ce_stride])  # (B, ~T/s, V): token t+2
-    ce = F.cross_entropy(logits.flatten(0, 1), x[:, 2::ce_stride].flatten())
+    if token_target == "target":
+        with torch.no_grad():
+            teacher = F.log_softmax(target.lm_head(f[:, 1:-1:ce_stride]).float(), -1)
+        ce = F.kl_div(F.log_softmax(logits.float(), -1).flatten(0, 1), teacher.flatten(0, 1),
+                      log_target=True, reduction="batchmean")
+    elif token_target == "data":
+        ce = F.cross_entropy(logits.flatten(0, 1), x[:, 2::ce_stride].flatten())
+    else:
+        raise ValueError(f"token_target must be 'data' or 'target', got {token_target!r}")
     return reg + token_weight * ce
 
 
