@@ -168,13 +168,16 @@ def int4_kernel_group(layer: Int4Linear) -> int | None:
     return next((g for g in INT4_GROUPS if width % g == 0), None)
 
 
-def decode_int4_rows(packed: torch.Tensor, rows: torch.Tensor, k: int) -> torch.Tensor:
-    """Nibbles (R, K) of ``rows`` from the AVX-512 layout: each block of 64 rows is K x 32
-    bytes, byte (k, j) holding row j in its low nibble and row j + 32 in its high one."""
-    blocks = packed.view(-1, k, INT4_ROW_BLOCK // 2)  # (N/64, K, 32)
-    j = rows % INT4_ROW_BLOCK
-    byte = blocks[rows // INT4_ROW_BLOCK, :, j % 32]  # (R, K)
-    return (byte >> (4 * (j >= 32)).to(torch.uint8)[:, None]) & 0x0F  # (R, K)
+def decode_int4_rows(packed: torch.Tensor, rows: torch.Tensor, k: int,
+                     block: int = INT4_ROW_BLOCK) -> torch.Tensor:
+    """Nibbles (R, K) of ``rows``: each block of ``block`` rows is K x block/2 bytes, byte
+    (k, j) holding row j in its low nibble and row j + block/2 in its high one. PyTorch
+    packs blocks of 64 rows on AVX-512 CPUs and of 32 on CPUs without it."""
+    half = block // 2
+    blocks = packed.view(-1, k, half)  # (N/block, K, block/2)
+    j = rows % block
+    byte = blocks[rows // block, :, j % half]  # (R, K)
+    return (byte >> (4 * (j >= half)).to(torch.uint8)[:, None]) & 0x0F  # (R, K)
 
 
 class PackedInt4Linear(_PackedLinear):
@@ -226,9 +229,12 @@ class PackedInt4Linear(_PackedLinear):
             sz = torch.cat((sz, sz.new_zeros(pad, K // g, 2)))  # (N_pad, K/g, 2)
         packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(nib.to(torch.int32), 1)
         every = torch.arange(N + pad)
-        readable = torch.equal(decode_int4_rows(packed, every, K), nib)
+        block = next((b for b in (INT4_ROW_BLOCK, INT4_ROW_BLOCK // 2)
+                      if torch.equal(decode_int4_rows(packed, every, K, b), nib)), None)
         sz = sz.transpose(0, 1).contiguous().to(compute_dtype or torch.float32)  # (K/g, N_pad, 2)
-        return cls(packed, sz, g, K, N, layer.bias, compute_dtype, readable)
+        out = cls(packed, sz, g, K, N, layer.bias, compute_dtype, block is not None)
+        out.row_block = block or INT4_ROW_BLOCK  # the layout this CPU's kernel packed
+        return out
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, granularity: Granularity = "group",
@@ -256,7 +262,8 @@ class PackedInt4Linear(_PackedLinear):
             raise NotImplementedError("this CPU packs int4 in a layout this module does not "
                                       "read back; keep the unfused layer's codes to read rows")
         rows = torch.arange(self.out_features) if rows is None else rows
-        return decode_int4_rows(self.packed, rows, self.in_features)
+        return decode_int4_rows(self.packed, rows, self.in_features,
+                                getattr(self, "row_block", INT4_ROW_BLOCK))
 
     def dequantized_rows(self, rows: torch.Tensor, dtype: torch.dtype = torch.float32
                          ) -> torch.Tensor:
