@@ -15,8 +15,8 @@ for trees, whose alpha is not one number, it is the measured tokens per call ove
 (1 + depth * c), both assuming a verify costs one plain step: "of theory" then shows what
 the wider verify forward and the bookkeeping cost. ``v`` is what a verify forward did cost
 (in plain steps; on a CPU, where these models' weights sit in cache, scoring 3 tokens
-costs clearly more than 1), and ``theory(v)`` = tok/call / (v + depth * c). Greedy outputs are checked to equal
-plain greedy decoding, token for token.
+costs clearly more than 1), and ``theory(v)`` = tok/call / (v + depth * c). Greedy
+outputs are checked to equal plain greedy decoding, token for token.
 """
 
 from __future__ import annotations
@@ -116,7 +116,8 @@ def rows_for(target, name: str, quick: bool, drafts_of: str | None = None
             rows.append(Row(f"{name} {kind} {_shape(b)}", name,
                             lambda k=kind, b=b: drafters[k](b), b, GREEDY))
     # at T = 1: the EAGLE chain and tree that pay most greedily on a CPU, the distilled chain
-    for kind, b in [] if name == THIRD_PARTY else (("eagle@T1", (1, 1)), ("eagle@T1", (2, 1)), ("distilled@T1", (1, 1))):
+    sampled = (("eagle@T1", (1, 1)), ("eagle@T1", (2, 1)), ("distilled@T1", (1, 1)))
+    for kind, b in [] if name == THIRD_PARTY else sampled:
         if kind in drafters:
             rows.append(Row(f"{name} {kind.split('@')[0]} {_shape(b)}, T=1", name,
                             lambda k=kind, b=b: drafters[k](b), b, T1))

@@ -25,7 +25,7 @@ import torch
 from plotly.subplots import make_subplots
 
 from ..config import ModelConfig
-from ..generate import GREEDY, Sampling, generate
+from ..generate import Sampling, generate
 from ..model import Transformer
 from ..speculative import theoretical_speedup
 from ..speculative.tree import TokenTree, ancestor_mask
@@ -128,7 +128,7 @@ def tree_figure(tree: TokenTree, path: list[int], nxt: int, decode: Callable[[li
     depths = tree.depths()
     row_of: dict[int, int] = {}
     ys = []
-    for i, d in enumerate(depths):
+    for d in depths:
         row_of[d] = row_of.get(d, -1) + 1
         ys.append(-row_of[d])
     xs = [float(d) for d in depths]
@@ -263,7 +263,6 @@ def tree_distribution_test(rule: Callable, n: int, branching=(3, 2), prompt=(1, 
 
 
 __all__ = [
-    "GREEDY",
     "DraftPoint",
     "RecordingDrafter",
     "TreeStepper",

@@ -188,12 +188,15 @@ class PackedInt4Linear(_PackedLinear):
 
     def __init__(self, packed: torch.Tensor, scales_and_zeros: torch.Tensor, group_size: int,
                  in_features: int, out_features: int, bias: torch.Tensor | None,
-                 compute_dtype: torch.dtype | None = torch.bfloat16, rows_readable: bool = False):
+                 compute_dtype: torch.dtype | None = torch.bfloat16,
+                 row_block: int | None = None):
         super().__init__()
         self.in_features, self.out_features, self.group_size = in_features, out_features, group_size
         self.compute_dtype = compute_dtype
-        # Whether dequantized_rows can read this machine's layout (checked when packing).
-        self.rows_readable = rows_readable
+        # The rows per block of this machine's packed layout (found when packing), or None
+        # where dequantized_rows cannot read it back.
+        self.row_block = row_block
+        self.rows_readable = row_block is not None
         self.register_buffer("packed", packed)  # (N_pad, K/2) uint8, the kernel's layout
         self.register_buffer("scales_and_zeros", scales_and_zeros)  # (K/g, N_pad, 2)
         self.bias = nn.Parameter(bias.detach().clone()) if bias is not None else None
@@ -232,9 +235,7 @@ class PackedInt4Linear(_PackedLinear):
         block = next((b for b in (INT4_ROW_BLOCK, INT4_ROW_BLOCK // 2)
                       if torch.equal(decode_int4_rows(packed, every, K, b), nib)), None)
         sz = sz.transpose(0, 1).contiguous().to(compute_dtype or torch.float32)  # (K/g, N_pad, 2)
-        out = cls(packed, sz, g, K, N, layer.bias, compute_dtype, block is not None)
-        out.row_block = block or INT4_ROW_BLOCK  # the layout this CPU's kernel packed
-        return out
+        return cls(packed, sz, g, K, N, layer.bias, compute_dtype, block)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, granularity: Granularity = "group",
@@ -262,8 +263,7 @@ class PackedInt4Linear(_PackedLinear):
             raise NotImplementedError("this CPU packs int4 in a layout this module does not "
                                       "read back; keep the unfused layer's codes to read rows")
         rows = torch.arange(self.out_features) if rows is None else rows
-        return decode_int4_rows(self.packed, rows, self.in_features,
-                                getattr(self, "row_block", INT4_ROW_BLOCK))
+        return decode_int4_rows(self.packed, rows, self.in_features, self.row_block)
 
     def dequantized_rows(self, rows: torch.Tensor, dtype: torch.dtype = torch.float32
                          ) -> torch.Tensor:
