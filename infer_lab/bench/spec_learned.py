@@ -1,7 +1,7 @@
 """Learned drafts and token trees, the rows issue 18 adds to ``bench speculative``.
 
 For each target with shipped drafts (code-m: EAGLE, Medusa, a distilled code-s; SmolLM2:
-EAGLE when its draft is in the zoo), batch 1, on held-out prompts:
+EAGLE, one Medusa head, a distilled early exit), batch 1, on held-out prompts:
 * plain decoding, greedy and at T = 1 (the baselines);
 * each draft as a chain (branching (1,)*k) and as a token tree, greedy; the best EAGLE
   shapes and the distilled chain again at T = 1 (recursive rejection over siblings);
@@ -56,8 +56,9 @@ def _shapes(quick: bool, name: str) -> dict[str, list[tuple[int, ...]]]:
         return {"eagle": [(1, 1), (2, 1)], "medusa": [(2,)], "distilled": [(1, 1)]}
     if name == THIRD_PARTY:
         return {"eagle": [(1, 1, 1)], "distilled": [(1, 1)]}
-    if name != "code-m":
-        return {"eagle": [(1, 1), (1, 1, 1), (2, 1), (2, 1, 1)]}
+    if name != "code-m":  # SmolLM2: one Medusa head, so depth 1
+        return {"eagle": [(1, 1), (1, 1, 1), (2, 1), (2, 1, 1)], "medusa": [(1,), (3,)],
+                "distilled": [(1, 1), (1, 1, 1)]}
     return {"eagle": [(1, 1), (1, 1, 1), (1, 1, 1, 1), (2, 1), (2, 1, 1), (2, 2, 1),
                       (3, 1, 1)],
             "medusa": [(1,), (1, 1), (3,), (3, 2)],

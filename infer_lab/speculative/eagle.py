@@ -31,11 +31,12 @@ from ..config import ModelConfig
 from ..generate import GREEDY, Sampling
 from ..kv_cache import KVCache, NoCache
 from ..model import Block, Transformer, rope_frequencies
+from .features import DraftHead, DraftVocab
 from .tree import TokenTree, TreeCache, check_branching, tree_size, tree_visibility
 from .tree_decode import Round, draw_children
 
 
-class EagleDraft(nn.Module):
+class EagleDraft(DraftVocab, nn.Module):
     """fc over [feature; next token's embedding], then one decoder layer of the target's
     shape. ``forward(f, tokens, tok_emb, cache, pos)`` -> predicted features (B, T, C)."""
 
@@ -50,12 +51,7 @@ class EagleDraft(nn.Module):
         self.fc = nn.Linear(2 * d, d)
         self.block = Block(self.config, 0)
         self.register_buffer("inv_freq", rope_frequencies(self.config), persistent=False)
-        self.register_buffer("vocab", None)  # (Vd,) int32, a draft vocabulary: set_vocab
-
-    def set_vocab(self, ids: torch.Tensor | None) -> None:
-        """Keep ``ids`` (the draft vocabulary, e.g. :func:`frequent_tokens`) with the
-        weights (saved and loaded as the buffer ``vocab``); None: the full vocabulary."""
-        self.vocab = None if ids is None else torch.as_tensor(ids, dtype=torch.int32)
+        self.set_vocab(None)  # (Vd,) int32, a draft vocabulary: DraftVocab.set_vocab
 
     @classmethod
     def for_target(cls, target: Transformer, d_ff: int | None = None) -> EagleDraft:
@@ -137,27 +133,14 @@ class EagleDrafter:
         draft.check_target(target)
         self.draft, self.target, self.branching = draft, target, check_branching(branching)
         self.sampling = sampling
-        # The draft proposes from ``vocab`` only (default: the draft's own, if it has one):
-        # the rows of lm_head for the most frequent tokens (FR-Spec, Zhao et al. 2025;
-        # EAGLE-3's reduced draft vocabulary). With SmolLM2's 49k-token head, reading
-        # the whole head per draft step costs more than the draft layer; the target still
-        # verifies over the full vocabulary, so outputs are unchanged.
-        vocab = getattr(draft, "vocab", None) if vocab is None else vocab
-        self.vocab = None if vocab is None or len(vocab) >= target.config.vocab_size else \
-            vocab.to(device=target.device, dtype=torch.long)
-        w = target.lm_head.weight  # (V, C)
-        self.head = w if self.vocab is None else w[self.vocab].contiguous()  # (Vd, C)
+        # The draft proposes from ``vocab`` only (default: the draft's own, if it has one)
+        self.head = DraftHead(target, draft.vocab if vocab is None else vocab)
 
     def _draw(self, fh: torch.Tensor, b: int) -> tuple[list[int], torch.Tensor | None]:
         """Children below a node with predicted feature ``fh`` (C,): token ids, and q over
         the full vocabulary when sampling (zero outside the draft vocabulary)."""
-        idx, q = draw_children(fh @ self.head.T, b, self.sampling, self.gen)  # (Vd,) logits
-        if self.vocab is None:
-            return idx, q
-        if q is not None:
-            q = torch.zeros(self.target.config.vocab_size, dtype=q.dtype,
-                            device=q.device).index_copy_(0, self.vocab, q)  # (V,)
-        return self.vocab[idx].tolist(), q
+        idx, q = draw_children(self.head.logits(fh), b, self.sampling, self.gen)  # (Vd,)
+        return self.head.token_ids(idx), self.head.full(q)
 
     def models(self) -> list[Transformer]:
         return []

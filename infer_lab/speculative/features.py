@@ -100,3 +100,45 @@ class FeatureBank:
         def draw(gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
             return self.windows(torch.randint(len(self), (batch_size,), generator=gen).tolist())
         return draw
+
+
+class DraftVocab:
+    """A mixin for drafts that keep a draft vocabulary with their weights (the buffer
+    ``vocab``, saved and loaded with them); call ``self.set_vocab(None)`` in ``__init__``."""
+
+    def set_vocab(self, ids: torch.Tensor | None) -> None:
+        """Keep ``ids`` (e.g. :func:`~.eagle.frequent_tokens`); None: the full vocabulary."""
+        vocab = None if ids is None else torch.as_tensor(ids, dtype=torch.int32)
+        if "vocab" in self._buffers:
+            self.vocab = vocab
+        else:
+            self.register_buffer("vocab", vocab)
+
+
+class DraftHead:
+    """The target's ``lm_head`` over a draft vocabulary: the rows of the most frequent
+    tokens only (FR-Spec, Zhao et al. 2025; EAGLE-3's reduced draft vocabulary). With
+    SmolLM2's 49k-token head, reading the whole head per draft step costs more than the
+    draft itself; the target still verifies over the full vocabulary, so outputs are
+    unchanged. ``vocab`` None (or the whole vocabulary): the full head."""
+
+    def __init__(self, target: Transformer, vocab: torch.Tensor | None = None):
+        self.size = target.config.vocab_size
+        self.vocab = None if vocab is None or len(vocab) >= self.size else \
+            vocab.to(device=target.device, dtype=torch.long)  # (Vd,)
+        w = target.lm_head.weight  # (V, C)
+        self.weight = w if self.vocab is None else w[self.vocab].contiguous()  # (Vd, C)
+
+    def logits(self, f: torch.Tensor) -> torch.Tensor:
+        return f @ self.weight.T  # (..., C) -> (..., Vd)
+
+    def token_ids(self, idx: list[int]) -> list[int]:
+        """Rows of :meth:`logits` -> token ids."""
+        return idx if self.vocab is None else self.vocab[idx].tolist()
+
+    def full(self, q: torch.Tensor | None) -> torch.Tensor | None:
+        """A distribution over the draft vocabulary (Vd,) -> over the full one (V,)."""
+        if q is None or self.vocab is None:
+            return q
+        return torch.zeros(self.size, dtype=q.dtype, device=q.device).index_copy_(
+            0, self.vocab, q)  # (V,)

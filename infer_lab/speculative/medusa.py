@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..model import Transformer
-from .features import features_and_logits
+from .features import DraftHead, DraftVocab, features_and_logits
 from .tree import TokenTree, check_branching, tree_size
 from .tree_decode import Round
 
@@ -46,7 +46,7 @@ class ResBlock(nn.Module):
         return h + F.silu(self.linear(h))
 
 
-class MedusaHeads(nn.Module):
+class MedusaHeads(DraftVocab, nn.Module):
     """K residual heads; ``forward(h, lm_head)`` -> logits (K, ..., V)."""
 
     def __init__(self, cfg: MedusaConfig):
@@ -55,6 +55,7 @@ class MedusaHeads(nn.Module):
             raise ValueError(f"Medusa needs at least one head, got n_heads={cfg.n_heads}")
         self.config = cfg
         self.heads = nn.ModuleList(ResBlock(cfg.d_model) for _ in range(cfg.n_heads))
+        self.set_vocab(None)  # (Vd,) int32: the heads propose from these tokens only
 
     @classmethod
     def for_target(cls, target: Transformer, n_heads: int = 4) -> MedusaHeads:
@@ -73,19 +74,21 @@ class MedusaHeads(nn.Module):
 
 
 def medusa_loss(heads: MedusaHeads, target: Transformer, x: torch.Tensor,
-                features: torch.Tensor | None = None, decay: float = 0.8) -> torch.Tensor:
+                features: torch.Tensor | None = None, decay: float = 0.8,
+                ce_stride: int = 1) -> torch.Tensor:
     """Head i's cross-entropy on token t+1+i from h_t, weighted decay^(i-1) (Medusa-1:
     later heads are harder and matter less, since a path rarely gets that deep).
-    ``features``: the target's, cached; None: computed."""
+    ``features``: the target's, cached; None: computed. ``ce_stride``: every s-th position
+    only (each head's lm_head over a 49k vocabulary is most of a step's cost)."""
     h = features_and_logits(target, x)[0] if features is None else features  # (B, T, C)
-    logits = heads(h, target.lm_head)  # (K, B, T, V)
     total, weights = 0.0, 0.0
-    for i in range(len(heads.heads)):
+    for i, head in enumerate(heads.heads):
         shift = i + 2  # h_t's lm_head predicts t+1; head i (from 0) predicts t+2+i
         if x.shape[1] <= shift:
             break
-        pred = logits[i, :, : x.shape[1] - shift]  # (B, T - shift, V)
-        total = total + decay ** i * F.cross_entropy(pred.flatten(0, 1), x[:, shift:].flatten())
+        pred = target.lm_head(head(h[:, : x.shape[1] - shift: ce_stride]))  # (B, T', V)
+        y = x[:, shift::ce_stride]  # (B, T')
+        total = total + decay ** i * F.cross_entropy(pred.flatten(0, 1), y.flatten())
         weights += decay ** i
     return total / weights
 
@@ -101,6 +104,7 @@ class MedusaDrafter:
             raise ValueError(f"a tree of depth {len(branching)} needs {len(branching)} heads; "
                              f"these are {heads.config.n_heads}")
         self.heads, self.target, self.branching = heads, target, branching
+        self.head = DraftHead(target, heads.vocab)  # lm_head, over the draft vocabulary
 
     def models(self) -> list[Transformer]:
         return []  # the heads read the target itself
@@ -118,10 +122,10 @@ class MedusaDrafter:
     def propose_tree(self) -> TokenTree:
         if self.feature is None:  # the target has not run yet: nothing to read
             return TokenTree([], [])
-        logits = self.heads(self.feature, self.target.lm_head)  # (K, V)
         tokens, parents, frontier = [], [], [-1]
         for d, b in enumerate(self.branching):
-            top = torch.topk(logits[d], b).indices.tolist()
+            logits = self.head.logits(self.heads.heads[d](self.feature))  # (Vd,)
+            top = self.head.token_ids(torch.topk(logits, b).indices.tolist())
             new = []
             for node in frontier:
                 for t in top:

@@ -57,6 +57,8 @@ class DraftConfig(TrainConfig):
     ce_stride: int = 1  # EAGLE's token loss on every s-th position (a large vocabulary)
     draft_vocab: int = 0  # > 0: EAGLE proposes from the most frequent tokens only (FR-Spec)
     token_target: str = "data"  # EAGLE's token loss: the data token, or the target's p
+    exit_layer: int = 4  # an early-exit distilled draft (no smaller model): layers kept
+    adapter_rank: int = 256  # ... and its exit adapter's width
 
 
 # Per target: SmolLM2's forward costs ~20x code-m's, and its 49k-token lm_head ~10x the
@@ -72,7 +74,19 @@ PRESETS: dict[str, dict] = {
     "smollm2-135m": {"steps": 1200, "batch_size": 4, "seq_len": 256, "draft_d_ff": 768,
                      "feature_tokens": 163840, "ce_stride": 4, "eval_every": 200,
                      "eval_tokens": 4096, "draft_vocab": 8192, "token_target": "target"},
+    # one head (0.7 MB in fp16), its loss on every 8th position: trained with two, the
+    # second head's drafts were accepted 1.2% of the time (alpha 0.12 at depth 2, 0.117
+    # from the first head), so it did not pay for its 0.7 MB of the zoo's 30 MB
+    "smollm2-135m.medusa": {"n_heads": 1, "ce_stride": 8},
+    # the first 4 of 30 layers and a rank-128 adapter (0.3 MB): early_exit.py
+    "smollm2-135m.distilled": {"ce_stride": 8, "adapter_rank": 128},
 }
+
+
+def preset(target: str, kind: str) -> DraftConfig:
+    """The recipe for a ``kind`` draft of ``target``: the defaults, the target's preset,
+    then the target's preset for that kind."""
+    return DraftConfig(**{**PRESETS.get(target, {}), **PRESETS.get(f"{target}.{kind}", {})})
 
 
 def make_draft(kind: str, target: nn.Module, cfg: DraftConfig) -> nn.Module:
@@ -85,20 +99,26 @@ def make_draft(kind: str, target: nn.Module, cfg: DraftConfig) -> nn.Module:
 
         return EagleDraft.for_target(target, cfg.draft_d_ff)
     if kind == "distilled":  # DistillSpec: a small model tuned on the target's distributions
-        from ..zoo import load_zoo
+        if target.config.vocab_size != 4096:  # no smaller model shares its tokenizer
+            from .early_exit import EarlyExitDraft
 
-        if target.config.vocab_size != 4096:
-            raise ValueError("the distilled draft starts from the zoo's code-s, whose "
-                             "tokenizer only the zoo's targets share")
+            return EarlyExitDraft(target, cfg.exit_layer, cfg.adapter_rank).to(
+                device=target.device, dtype=target.dtype)
+        from ..zoo import load_zoo  # code-s, which shares the zoo's tokenizer
+
         return load_zoo("code-s", device=target.device)[0].train()
     raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
 
 
-def distilled_loss(student: nn.Module, target: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def distilled_loss(student: nn.Module, target: nn.Module, x: torch.Tensor,
+                   features: torch.Tensor | None = None, ce_stride: int = 1) -> torch.Tensor:
     """Forward KL to the target's distribution at T = 1 (DistillSpec, Zhou et al. 2024:
     acceptance is 1 - TV(p, q), so a draft is tuned towards the target, not the data)."""
     from ..distill.losses import kd_loss
+    from .early_exit import EarlyExitDraft, early_exit_loss
 
+    if isinstance(student, EarlyExitDraft):
+        return early_exit_loss(student, target, x, features, ce_stride)
     with torch.no_grad():
         teacher = target(x)  # (B, T, V)
     return kd_loss(student(x), teacher, temperature=1.0)
@@ -115,17 +135,17 @@ def draft_loss(kind: str, cfg: DraftConfig | None = None):
         cfg = cfg or DraftConfig()
         return partial(eagle_loss, ce_stride=cfg.ce_stride, token_target=cfg.token_target)
     if kind == "medusa":
-        return medusa_loss
-    return lambda draft, target, x, features=None: distilled_loss(draft, target, x)
+        return partial(medusa_loss, ce_stride=(cfg or DraftConfig()).ce_stride)
+    return partial(distilled_loss, ce_stride=(cfg or DraftConfig()).ce_stride)
 
 
 def feature_banks(kind: str, target: nn.Module, train_ids: np.ndarray, valid_ids: np.ndarray,
                   cfg: DraftConfig, run_dir: Path, progress: bool = True):
     """(train bank, valid bank) of the target's features when ``cfg`` caches them, else
-    (None, None). The distilled draft reads logits, not features: it never caches."""
+    (None, None)."""
     from .features import FeatureBank
 
-    if not cfg.feature_tokens or kind == "distilled":
+    if not cfg.feature_tokens:
         return None, None
     return (FeatureBank.build(target, train_ids, run_dir / "features-train", cfg.seq_len,
                               cfg.feature_tokens, progress=progress),
@@ -327,7 +347,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = DraftConfig(**PRESETS.get(args.target, {}))
+    cfg = preset(args.target, args.kind)
     if args.steps is not None:
         cfg = replace(cfg, steps=args.steps)
     if args.lr is not None:
