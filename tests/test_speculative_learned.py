@@ -126,7 +126,8 @@ def _code_m():
 def test_an_interrupted_training_resumes_to_the_same_weights(tmp_path, kind, extra):
     import numpy as np
 
-    from infer_lab.speculative.train_draft import DraftConfig, export, train
+    from infer_lab.speculative.draft_card import export
+    from infer_lab.speculative.train_draft import DraftConfig, train
 
     target = _code_m() if kind == "distilled" and not extra else tiny(0)
     vocab = target.config.vocab_size
@@ -159,7 +160,7 @@ def test_an_interrupted_training_resumes_to_the_same_weights(tmp_path, kind, ext
                   prompts=[[1, 2, 3], [4, 5]], token_ids=ids)
     assert (tmp_path / "out" / f"tiny.{kind}.safetensors").exists()
     assert 0 <= card["acceptance_greedy"]["alpha"] <= 1 and card["train_steps"] == 6
-    from infer_lab.speculative.train_draft import load_draft
+    from infer_lab.speculative.draft_card import load_draft
 
     loaded, card2 = load_draft(kind, target, "tiny", tmp_path / "out")
     assert card2 == card
@@ -176,7 +177,7 @@ def test_an_interrupted_training_resumes_to_the_same_weights(tmp_path, kind, ext
 @pytest.mark.parametrize("kind", ["medusa", "eagle", "distilled"])
 def test_the_shipped_drafts_load_and_keep_greedy_output(kind):
     import infer_lab
-    from infer_lab.speculative.train_draft import WEIGHTS_DIR, load_draft
+    from infer_lab.speculative.draft_card import WEIGHTS_DIR, load_draft
     from infer_lab.speculative.tree_decode import ModelTreeDrafter
 
     target, tok = infer_lab.load("code-m", device="cpu", dtype=torch.float32)
@@ -230,7 +231,7 @@ def test_the_shipped_smollm2_drafts_load_and_keep_greedy_output(smollm2, kind):
     8,192-token draft vocabulary, loads for SmolLM2, is refused by code-m, and keeps
     greedy output."""
     import infer_lab
-    from infer_lab.speculative.train_draft import load_draft
+    from infer_lab.speculative.draft_card import load_draft
     from infer_lab.speculative.tree_decode import ModelTreeDrafter
 
     target, tok = smollm2

@@ -69,7 +69,7 @@ def _drafters(target, name: str) -> dict[str, Callable[[tuple[int, ...]], Any]]:
     """kind -> (branching -> fresh drafter), for the drafts shipped for ``name``."""
     from ..speculative.eagle import EagleDrafter
     from ..speculative.medusa import MedusaDrafter
-    from ..speculative.train_draft import load_draft
+    from ..speculative.draft_card import load_draft
     from ..speculative.tree_decode import ModelTreeDrafter
 
     out = {}
