@@ -176,3 +176,35 @@ def test_chat_completions_render_the_template_and_answer_like_chat(code_s):
                               plain)) as client:
         r = client.post("/v1/chat/completions", json=body)
         assert r.status_code == 400 and "no chat template" in r.json()["error"]["message"]
+
+
+def test_usage_reports_the_prompt_tokens_the_prefix_cache_served(code_s):
+    """Prompt caching at the API: a second request that repeats the first one's prompt
+    (a shared system prompt; the earlier turns of a chat) reports the reused full blocks
+    as usage.prompt_tokens_details.cached_tokens, and answers as it would without them."""
+    from infer_lab.chat import chat_prompt
+    from infer_lab.tokenizer import Tokenizer
+
+    model, plain = code_s
+    tok = Tokenizer(plain._tok, plain.eos_token, chat_template=CHATML)
+    system = {"role": "system", "content": "You write Python. " * 12}
+    turn1 = [system, {"role": "user", "content": "def add(a, b):"}]
+    bodies = {"cached": [], "plain": []}
+    for label, on in (("cached", True), ("plain", False)):
+        engine = Engine(model, EngineConfig(block_size=4, num_blocks=256,
+                                            enable_prefix_caching=on))
+        with TestClient(build_app(engine, tok)) as client:
+            first = client.post("/v1/chat/completions", json={
+                "messages": turn1, "max_tokens": 6, "temperature": 0}).json()
+            turn2 = turn1 + [first["choices"][0]["message"],
+                             {"role": "user", "content": "now subtract"}]
+            second = client.post("/v1/chat/completions", json={
+                "messages": turn2, "max_tokens": 6, "temperature": 0}).json()
+            bodies[label] = [first, second]
+    (c1, c2), (p1, p2) = bodies["cached"], bodies["plain"]
+    details = [b["usage"]["prompt_tokens_details"]["cached_tokens"] for b in (c1, c2, p1, p2)]
+    first_len = len(tok.encode(chat_prompt(tok, turn1)))
+    assert details[0] == 0 and details[2] == details[3] == 0
+    assert first_len // 4 * 4 - 4 <= details[1] < c2["usage"]["prompt_tokens"]
+    assert [b["choices"][0]["message"] for b in (c1, c2)] == \
+        [b["choices"][0]["message"] for b in (p1, p2)]

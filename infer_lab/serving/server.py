@@ -19,6 +19,10 @@ Load shedding: at most ``max_num_seqs + max_queue`` requests are in flight; one 
 gets 429 at once instead of waiting unboundedly (queueing delay grows without limit
 once arrivals outpace service, Little's law L = lambda W). A client that disconnects
 has its request aborted, which frees its KV blocks before the next step.
+
+Past that, optional per-key rate limits (429 with ``Retry-After``) and graceful
+degradation (``max_tokens`` capped once the queue is long, said in a ``degraded`` field
+and an ``X-Degraded`` header): :mod:`infer_lab.serving.admission`.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import generate_latest
 from starlette.applications import Starlette
@@ -40,9 +44,14 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from ..streaming import TextStream
+from .admission import Admission, Admitted, Limiter, add_cli_args, from_cli_args
+from .admission import error_response as _error
 from .engine_loop import EngineLoop, ServerMetrics
 from .interface import ServingEngine
 from .schema import BadRequest, ParsedRequest, decode_body, parse_chat_request, parse_request
+
+if TYPE_CHECKING:
+    from ..app.degrade import DegradePolicy
 
 __all__ = ["BadRequest", "ServerThread", "TextStream", "build_app", "decode_body", "main",
            "parse_request"]
@@ -68,10 +77,6 @@ class RequestFailed(RuntimeError):
     """The engine aborted this request for a fault while serving it."""
 
 
-def _error(status: int, message: str, kind: str = "invalid_request_error") -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": kind}}, status_code=status)
-
-
 class CompletionsApp:
     """The routes over one engine thread: admission, then streaming or one answer.
 
@@ -79,12 +84,15 @@ class CompletionsApp:
     (:class:`~infer_lab.serving.engine_loop.EngineLoop`) and is reached by command only.
     """
 
-    def __init__(self, engine: ServingEngine, tokenizer: Any, max_queue: int):
+    def __init__(self, engine: ServingEngine, tokenizer: Any, max_queue: int,
+                 limiter: Limiter | None = None, degrade: DegradePolicy | None = None):
         self.tokenizer = tokenizer
         self.metrics = ServerMetrics()
         self.loop_thread = EngineLoop(engine, self.metrics)
-        self.capacity = engine.load().max_running + max_queue
+        self.max_running = engine.load().max_running
+        self.capacity = self.max_running + max_queue
         self.in_flight = 0  # touched only on the event loop thread
+        self.admission = Admission(self.metrics.registry, limiter, degrade)
 
     async def completions(self, request: Request) -> Response:
         return await self._serve(request, parse_request)
@@ -101,6 +109,13 @@ class CompletionsApp:
         refused = self._refusal()
         if refused is not None:
             return refused
+        # Admitted beyond what the engine runs at once = waiting; counted on this thread
+        # (the engine's own counts belong to the engine thread).
+        admitted = self.admission.admit(req, request.headers.get("authorization"),
+                                        max(0, self.in_flight - self.max_running))
+        if isinstance(admitted, Response):
+            return admitted
+        req = admitted.req
         tokens: asyncio.Queue = asyncio.Queue()
         aloop = asyncio.get_running_loop()
         eos = None if req.ignore_eos else self.tokenizer.eos_id
@@ -112,13 +127,15 @@ class CompletionsApp:
         except ValueError as e:  # longer than the context or the whole KV pool
             self.in_flight -= 1
             self.metrics.bad_requests.inc()
+            self.admission.refund(admitted)  # it never ran
             return _error(400, str(e))
         events = self._events(req, seq.seq_id, eos, tokens)
         chunk = _chunker(req.model, req.chat)
         if req.stream:
-            return StreamingResponse(_sse(events, chunk), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache"})
-        return await self._answer(request, req, events, chunk)
+            return StreamingResponse(_sse(events, chunk, admitted.body()),
+                                     media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", **admitted.headers()})
+        return await self._answer(request, admitted, events, chunk, seq)
 
     def _refusal(self) -> Response | None:
         """503 when the engine has stopped, 429 when the server is full, else None."""
@@ -155,8 +172,12 @@ class CompletionsApp:
             if not done:  # client gone (or cancelled): stop computing for it
                 self.loop_thread.abort(seq_id)
 
-    async def _answer(self, request: Request, req: ParsedRequest, events, chunk) -> Response:
-        """The whole completion as one JSON body (``"stream": false``)."""
+    async def _answer(self, request: Request, admitted: Admitted, events, chunk, seq
+                      ) -> Response:
+        """The whole completion as one JSON body (``"stream": false``). ``usage`` says how
+        many prompt tokens the prefix cache served (``prompt_tokens_details.cached_tokens``,
+        as OpenAI's API does), read off the finished sequence: nothing changes it now."""
+        req = admitted.req
         parts: list[tuple[str, str | None]] = []
 
         async def collect() -> None:
@@ -170,9 +191,12 @@ class CompletionsApp:
             return _error(500, f"the request failed while being served: {e}", "server_error")
         n = len(parts)
         body = chunk("".join(t for t, _ in parts), parts[-1][1], final=True)
+        cached = min(seq.num_cached_tokens, len(req.ids))
         body["usage"] = {"prompt_tokens": len(req.ids), "completion_tokens": n,
-                         "total_tokens": len(req.ids) + n}
-        return JSONResponse(body)
+                         "total_tokens": len(req.ids) + n,
+                         "prompt_tokens_details": {"cached_tokens": cached}}
+        body.update(admitted.body())
+        return JSONResponse(body, headers=admitted.headers())
 
     async def health(self, request: Request) -> Response:
         lt = self.loop_thread
@@ -209,19 +233,25 @@ def _chunker(model: str, chat: bool = False):
     return chunk
 
 
-async def _sse(events, chunk) -> AsyncIterator[str]:
-    """Server-sent events: a ``data:`` line per delta, an error event if serving failed."""
+async def _sse(events, chunk, first: dict | None = None) -> AsyncIterator[str]:
+    """Server-sent events: a ``data:`` line per delta (the first with ``first``'s fields
+    added), an error event if serving failed."""
+    extra = first or {}
     try:
         async for delta, reason in events:
-            yield f"data: {json.dumps(chunk(delta, reason))}\n\n"
+            yield f"data: {json.dumps({**chunk(delta, reason), **extra})}\n\n"
+            extra = {}
     except RequestFailed as e:  # headers are sent: the error is an event
         yield f"data: {json.dumps({'error': {'message': str(e), 'type': 'server_error'}})}\n\n"
     yield "data: [DONE]\n\n"
 
 
-def build_app(engine: ServingEngine, tokenizer: Any, max_queue: int = 64) -> Starlette:
-    """The ASGI app. ``engine``: Engine, StaticBatcher or DynamicBatcher (not shared)."""
-    routes = CompletionsApp(engine, tokenizer, max_queue)
+def build_app(engine: ServingEngine, tokenizer: Any, max_queue: int = 64,
+              limiter: Limiter | None = None, degrade: DegradePolicy | None = None
+              ) -> Starlette:
+    """The ASGI app. ``engine``: Engine, StaticBatcher or DynamicBatcher (not shared);
+    ``limiter``: per-key rate limits; ``degrade``: cap max_tokens while the queue is long."""
+    routes = CompletionsApp(engine, tokenizer, max_queue, limiter, degrade)
 
     @asynccontextmanager
     async def lifespan(app: Starlette):
@@ -280,12 +310,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--num-blocks", type=int, default=1024)
     p.add_argument("--max-num-seqs", type=int, default=32)
     p.add_argument("--max-queue", type=int, default=64)
+    add_cli_args(p)
     args = p.parse_args(argv)
+    try:
+        limiter, degrade = from_cli_args(args)
+    except ValueError as e:  # say which flag is wrong, without a traceback
+        p.error(str(e))
     model, tok = infer_lab.load(args.model)
     engine = Engine(model, EngineConfig(num_blocks=args.num_blocks,
                                         max_num_seqs=args.max_num_seqs,
                                         keep_step_records=False))  # a server runs forever
-    uvicorn.run(build_app(engine, tok, args.max_queue), host="127.0.0.1", port=args.port)
+    uvicorn.run(build_app(engine, tok, args.max_queue, limiter, degrade), host="127.0.0.1",
+                port=args.port)
 
 
 if __name__ == "__main__":  # pragma: no cover
