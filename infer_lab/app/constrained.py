@@ -41,7 +41,7 @@ from .json_schema import schema_to_regex
 from .regex_fsm import compile_regex
 from .token_mask import TokenMasks, Vocabulary
 
-__all__ = ["Constraint", "ConstrainedOutput", "StepTimes", "check_draft",
+__all__ = ["Constraint", "ConstrainedOutput", "Cursor", "StepTimes", "check_draft",
            "constrained_generate", "regex_constraint", "schema_constraint"]
 
 
@@ -136,13 +136,7 @@ def constrained_generate(model: Transformer, tokenizer: Tokenizer, prompt_ids: l
     eos = constraint.eos_id
     check_decoding(model, sampling, eos)
     state = constraint.start
-    need = constraint.min_tokens(state)
-    if need > max_new_tokens:
-        raise ValueError("the constraint cannot be satisfied: "
-                         + ("no sequence of this vocabulary's tokens spells an accepted text"
-                            if need == float("inf") else
-                            f"its shortest accepted text needs {int(need)} tokens, "
-                            f"max_new_tokens={max_new_tokens}"))
+    _check_budget(constraint, state, max_new_tokens)
     dev, times, tokens = model.device, StepTimes(), []
 
     def now() -> float:
@@ -191,6 +185,69 @@ def constrained_generate(model: Transformer, tokenizer: Tokenizer, prompt_ids: l
     times.tokens = len(tokens)
     text = tokenizer.decode([t for t in tokens if t != eos])
     return ConstrainedOutput(tokens, text, state, constraint.is_accepting(state), times)
+
+
+def _check_budget(constraint: Constraint, state: int, max_new_tokens: int) -> None:
+    need = constraint.min_tokens(state)
+    if need > max_new_tokens:
+        raise ValueError("the constraint cannot be satisfied: "
+                         + ("no sequence of this vocabulary's tokens spells an accepted text"
+                            if need == float("inf") else
+                            f"its shortest accepted text needs {int(need)} tokens, "
+                            f"max_new_tokens={max_new_tokens}"))
+
+
+class Cursor:
+    """One request's place in a constraint: what the serving engine's model runner masks
+    with and advances (:class:`infer_lab.serving.sequence.TokenConstraint`). The
+    constraint itself (its cached masks) is shared by every request with the same schema.
+
+    ValueError at once when no answer fits in ``max_tokens``.
+    """
+
+    def __init__(self, constraint: Constraint, max_tokens: int):
+        _check_budget(constraint, constraint.start, max_tokens)
+        self.constraint, self.state, self.done = constraint, constraint.start, False
+
+    def allowed(self, remaining: int) -> torch.Tensor:
+        return self.constraint.mask(self.state, remaining)  # (V,) bool
+
+    def advance(self, token: int) -> None:
+        if token == self.constraint.eos_id:
+            self.done = True  # the answer is complete; the engine stops at EOS
+            return
+        self.state = self.constraint.advance(self.state, token)
+
+    @property
+    def accepted(self) -> bool:
+        return self.constraint.is_accepting(self.state)
+
+
+class SchemaCache:
+    """Constraints by JSON schema for a server: the vocabulary is read once, each schema
+    compiled once and its masks shared by every request that asks for it."""
+
+    def __init__(self, tokenizer: Tokenizer, vocab_size: int | None = None,
+                 max_schemas: int = 64):
+        self.tokenizer, self.vocab_size, self.max_schemas = tokenizer, vocab_size, max_schemas
+        self._vocab: Vocabulary | None = None
+        self._compiled: dict[str, TokenMasks] = {}
+
+    def cursor(self, schema: dict[str, Any], max_tokens: int) -> Cursor:
+        """A request's cursor; ValueError for a schema we cannot compile or one whose
+        shortest answer needs more than ``max_tokens`` tokens."""
+        import json
+
+        key = json.dumps(schema, sort_keys=True)
+        masks = self._compiled.get(key)
+        if masks is None:
+            if self._vocab is None:
+                self._vocab = Vocabulary.from_tokenizer(self.tokenizer, self.vocab_size)
+            masks = schema_constraint(schema, self.tokenizer, vocab=self._vocab)
+            if len(self._compiled) >= self.max_schemas:  # oldest out: a bounded memory
+                self._compiled.pop(next(iter(self._compiled)))
+            self._compiled[key] = masks
+        return Cursor(masks, max_tokens)
 
 
 def check_draft(constraint: Constraint, state: int, tokens: Sequence[int],

@@ -31,7 +31,7 @@ from ..kv_cache import KVCache
 from ..model import Transformer
 from .interface import EngineLoad, StepRecord, TokenOutput
 from .model_runner import Generators
-from .sequence import Sequence, Status
+from .sequence import Sequence, Status, TokenConstraint
 
 
 class _RequestLevelBatcher:
@@ -52,8 +52,11 @@ class _RequestLevelBatcher:
         self.draining = False  # no more arrivals: a partial batch may start
 
     def add_request(self, prompt: list[int], max_tokens: int, sampling: Sampling = GREEDY,
-                    eos_id: int | None = None, arrival_time: float | None = None
-                    ) -> Sequence:
+                    eos_id: int | None = None, arrival_time: float | None = None, *,
+                    constraint: TokenConstraint | None = None) -> Sequence:
+        if constraint is not None:
+            raise ValueError("constrained output needs the continuous-batching Engine; "
+                             f"{type(self).__name__} samples without masks")
         seq = Sequence(prompt, max_tokens, sampling, eos_id, arrival_time)
         seq.prompt = check_prompts(self.model, [seq.prompt], max_tokens)[0]
         check_decoding(self.model, sampling, eos_id)

@@ -46,7 +46,7 @@ from .interface import EngineLoad, KVUsage, StepRecord, TokenOutput
 from .model_runner import ModelRunner
 from .paged_attention import DECODE_ATTENTION, PagedKVCache
 from .scheduler import PreemptionPolicy, Scheduler, SchedulerOutput, StepPolicy
-from .sequence import Sequence
+from .sequence import Sequence, TokenConstraint
 
 __all__ = ["Engine", "EngineConfig", "EngineLoad", "KVUsage", "StepRecord", "TokenOutput"]
 
@@ -115,17 +115,24 @@ class Engine:
     # -- requests -----------------------------------------------------------------------
     def add_request(self, prompt: list[int], max_tokens: int, sampling: Sampling = GREEDY,
                     eos_id: int | None = None, arrival_time: float | None = None,
-                    priority: int = 0) -> Sequence:
+                    priority: int = 0, *, constraint: TokenConstraint | None = None
+                    ) -> Sequence:
         """Queue a request; raises ValueError for input that can never be served.
 
         ``priority``: lower is more important; only a ``preemption`` policy reads it.
+        ``constraint``: constrained output (a regex, a JSON schema:
+        :class:`infer_lab.app.constrained.Cursor`); it needs ``eos_id``, which ends the
+        answer once the constraint accepts.
 
         The rules are :mod:`infer_lab.validate`'s, as for ``generate`` and the server.
         """
         cfg = self.model.config
         prompt = token_ids("prompt", prompt, cfg.vocab_size)
         check_decoding(self.model, sampling, eos_id)
-        seq = Sequence(prompt, max_tokens, sampling, eos_id, arrival_time)
+        if constraint is not None and eos_id is None:
+            raise ValueError("a constrained request needs eos_id: EOS is how the answer ends")
+        seq = Sequence(prompt, max_tokens, sampling, eos_id, arrival_time,
+                       constraint=constraint)
         if seq.max_len > cfg.max_seq_len:
             raise ValueError(f"prompt of {len(seq.prompt)} tokens + max_tokens={max_tokens} "
                              f"exceeds the model's context of {cfg.max_seq_len} tokens")

@@ -35,6 +35,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from ..sampling import Sampling
 from .interface import ServingEngine
+from .sequence import TokenConstraint
 
 log = logging.getLogger(__name__)
 
@@ -108,10 +109,13 @@ class EngineLoop:
         return self._thread.is_alive() and self.error is None
 
     def submit(self, prompt: list[int], max_tokens: int, sampling: Sampling,
-               eos_id: int | None, sink: Callable[[tuple], None]) -> concurrent.futures.Future:
-        """Future of the Sequence, or of the ValueError the engine refuses it with."""
+               eos_id: int | None, sink: Callable[[tuple], None],
+               constraint: TokenConstraint | None = None) -> concurrent.futures.Future:
+        """Future of the Sequence, or of the ValueError the engine refuses it with.
+        ``constraint``: constrained output (a TokenConstraint), used on the engine thread
+        only from now on."""
         fut: concurrent.futures.Future = concurrent.futures.Future()
-        self._cmds.put(("add", prompt, max_tokens, sampling, eos_id, sink, fut))
+        self._cmds.put(("add", prompt, max_tokens, sampling, eos_id, sink, fut, constraint))
         return fut
 
     def abort(self, seq_id: int) -> None:
@@ -119,9 +123,10 @@ class EngineLoop:
 
     def _handle(self, cmd: tuple) -> None:
         if cmd[0] == "add":
-            _, prompt, max_tokens, sampling, eos_id, sink, fut = cmd
+            _, prompt, max_tokens, sampling, eos_id, sink, fut, constraint = cmd
             try:
-                seq = self.engine.add_request(prompt, max_tokens, sampling, eos_id)
+                seq = self.engine.add_request(prompt, max_tokens, sampling, eos_id,
+                                              constraint=constraint)
             except Exception as e:  # noqa: BLE001 - the client hears why; the loop goes on
                 fut.set_exception(e)
                 return

@@ -12,10 +12,10 @@ The records are plain data (no tensors), so a caller can keep, plot or send them
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from ..sampling import GREEDY, Sampling
-from .sequence import Sequence
+from .sequence import Sequence, TokenConstraint
 
 
 @dataclass
@@ -111,13 +111,14 @@ class EngineLoad:
 class ServingEngine(Protocol):
     """The calls every engine answers; the serving loops use these alone."""
 
+    model: Any  # the Transformer it serves (its config: the logits' width)
     records: list[StepRecord]  # one per step that ran
     num_steps: int
     num_forward_faults: int  # model forwards that raised (the engine retried them)
 
     def add_request(self, prompt: list[int], max_tokens: int, sampling: Sampling = GREEDY,
-                    eos_id: int | None = None, arrival_time: float | None = None
-                    ) -> Sequence: ...
+                    eos_id: int | None = None, arrival_time: float | None = None, *,
+                    constraint: TokenConstraint | None = None) -> Sequence: ...
 
     def abort(self, seq_id: int) -> None: ...
 

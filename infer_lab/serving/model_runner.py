@@ -11,6 +11,9 @@ within each means a step costs two forwards, not one per request (nano-vllm's
 ModelRunner does the same split). Left padding puts every row's last token in the last
 column, so ``last_only`` logits are the ones that sample the next token.
 
+A request with a ``constraint`` (constrained output) has its row of logits masked to the
+tokens the constraint allows before sampling, and the constraint advanced by the token.
+
 Sampling is per request, and so are its faults: a row whose logits are NaN or whose
 sampler raises is reported in the second half of :meth:`ModelRunner.execute`'s answer,
 and the other rows still get their tokens (the engine aborts only that request).
@@ -104,6 +107,15 @@ class ModelRunner:
         errors: dict[int, Exception] = {}
         if not rows:
             return out, errors
+        constrained = [i for i in rows if chunks[i].seq.constraint is not None]
+        for i in constrained:  # before the check: a mask that allows nothing fails the row
+            seq = chunks[i].seq
+            try:
+                allowed = seq.constraint.allowed(seq.max_tokens - len(seq.output))  # (V,)
+                logits[i].masked_fill_(~allowed.to(logits.device), float("-inf"))
+            except Exception as e:  # noqa: BLE001 - this request's constraint failed
+                errors[seq.seq_id] = e
+        rows = [i for i in rows if chunks[i].seq.seq_id not in errors]
         # One finiteness check for the batch; a bad row fails alone, not its neighbours.
         bad = ((torch.isnan(logits) | torch.isposinf(logits)).any(-1)
                | torch.isneginf(logits).all(-1))  # (B,)
@@ -126,4 +138,12 @@ class ModelRunner:
                                                  self.generators[seq]))
                 except Exception as e:  # noqa: BLE001 - this request's fault, not the batch's
                     errors[seq.seq_id] = e
+        for i in constrained:  # the constraint follows the token just sampled
+            seq = chunks[i].seq
+            if seq.seq_id in out:
+                try:
+                    seq.constraint.advance(out[seq.seq_id])
+                except Exception as e:  # noqa: BLE001
+                    errors[seq.seq_id] = e
+                    del out[seq.seq_id]
         return out, errors

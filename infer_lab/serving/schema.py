@@ -52,6 +52,22 @@ class _Sampled(BaseModel):
     n: Literal[1] = 1
     model: StrictStr = "infer-lab"
     user: StrictStr | None = None
+    # OpenAI's structured outputs: {"type": "json_schema", "json_schema": {"schema": {...}}}
+    response_format: dict[StrictStr, Any] | None = None
+
+    @field_validator("response_format")
+    @classmethod
+    def _format(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        if v is None or v.get("type") == "text":
+            return None
+        if v.get("type") != "json_schema":
+            raise ValueError("response_format.type must be 'text' or 'json_schema' (no "
+                             "'json_object': give the schema the answer must follow)")
+        schema = (v.get("json_schema") or {}).get("schema") if isinstance(
+            v.get("json_schema"), dict) else None
+        if not isinstance(schema, dict):
+            raise ValueError("response_format.json_schema.schema must be a JSON Schema object")
+        return schema
 
     @field_validator("stop")
     @classmethod
@@ -94,6 +110,7 @@ class ParsedRequest:
     ignore_eos: bool
     model: str
     chat: bool = False  # answer as a chat.completion (message/delta), not text_completion
+    schema: dict[str, Any] | None = None  # constrained output: the answer is JSON of it
 
 
 def _reject_constant(name: str) -> Any:
@@ -154,12 +171,19 @@ def _validate(body: Any, schema: type[_Sampled]) -> Any:
         raise BadRequest(_explain(e, schema)) from None
 
 
+def _schema(req: _Sampled) -> dict[str, Any] | None:
+    if req.response_format is not None and req.ignore_eos:
+        raise ValueError("response_format and ignore_eos: a constrained answer ends at EOS")
+    return req.response_format
+
+
 def parse_request(body: Any, tokenizer: Any) -> ParsedRequest:
     """Validate a decoded completions body; BadRequest with a message that says why."""
     req = _validate(body, CompletionRequest)
     try:
         return ParsedRequest(_prompt_ids(req.prompt, tokenizer), req.max_tokens,
-                             req.sampling(), req.stop, req.stream, req.ignore_eos, req.model)
+                             req.sampling(), req.stop, req.stream, req.ignore_eos, req.model,
+                             schema=_schema(req))
     except ValueError as e:
         raise BadRequest(str(e)) from None
 
@@ -173,6 +197,6 @@ def parse_chat_request(body: Any, tokenizer: Any) -> ParsedRequest:
     try:
         ids = _prompt_ids(chat_prompt(tokenizer, req.messages), tokenizer)
         return ParsedRequest(ids, req.max_tokens, req.sampling(), req.stop, req.stream,
-                             req.ignore_eos, req.model, chat=True)
+                             req.ignore_eos, req.model, chat=True, schema=_schema(req))
     except ValueError as e:
         raise BadRequest(str(e)) from None

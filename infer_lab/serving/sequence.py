@@ -26,6 +26,7 @@ import itertools
 import time
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any, Protocol
 
 from ..sampling import GREEDY, Sampling
 from ..validate import integer
@@ -40,6 +41,18 @@ class Status(Enum):
 _ids = itertools.count()
 
 
+class TokenConstraint(Protocol):
+    """What may be sampled next for one request (constrained output:
+    :class:`infer_lab.app.constrained.Cursor` is one); the model runner masks the logits
+    with it and advances it with each token it samples."""
+
+    def allowed(self, remaining: int) -> Any:
+        """(V,) bool tensor: the tokens allowed now, with ``remaining`` tokens left."""
+        ...
+
+    def advance(self, token: int) -> None: ...
+
+
 @dataclass(eq=False)  # identity equality: two requests with the same prompt are different
 class Sequence:
     """One request: prompt, output, cache bookkeeping and timestamps (perf_counter s)."""
@@ -50,6 +63,7 @@ class Sequence:
     eos_id: int | None = None
     arrival_time: float | None = None  # None: now (time.perf_counter)
     seq_id: int = field(default_factory=lambda: next(_ids))
+    constraint: TokenConstraint | None = None  # constrained output: masks each sample
 
     output: list[int] = field(default_factory=list)
     status: Status = Status.WAITING

@@ -2,6 +2,8 @@
 
     POST /v1/completions   {"prompt", "max_tokens", "temperature", "top_p", "stop", "stream"}
     POST /v1/chat/completions  the same with "messages" (rendered by the chat template)
+                           "response_format": {"type": "json_schema", "json_schema":
+                           {"schema": ...}} constrains either to JSON of that schema
     GET  /health           200 while the engine loop is alive
     GET  /metrics          Prometheus text: queue, running, KV blocks, TTFT/TPOT, tokens/s
 
@@ -93,6 +95,8 @@ class CompletionsApp:
         self.capacity = self.max_running + max_queue
         self.in_flight = 0  # touched only on the event loop thread
         self.admission = Admission(self.metrics.registry, limiter, degrade)
+        self.vocab_size = engine.model.config.vocab_size
+        self._schemas = None  # response_format's constraints, compiled on first use
 
     async def completions(self, request: Request) -> Response:
         return await self._serve(request, parse_request)
@@ -116,6 +120,13 @@ class CompletionsApp:
         if isinstance(admitted, Response):
             return admitted
         req = admitted.req
+        try:  # compiling a schema takes a while the first time: off the event loop
+            cursor = None if req.schema is None else await asyncio.to_thread(
+                self._cursor, req.schema, req.max_tokens)
+        except ValueError as e:  # not a schema we support, or no answer fits max_tokens
+            self.metrics.bad_requests.inc()
+            self.admission.refund(admitted)
+            return _error(400, f"response_format: {e}")
         tokens: asyncio.Queue = asyncio.Queue()
         aloop = asyncio.get_running_loop()
         eos = None if req.ignore_eos else self.tokenizer.eos_id
@@ -123,7 +134,7 @@ class CompletionsApp:
         try:
             seq = await asyncio.wrap_future(self.loop_thread.submit(
                 req.ids, req.max_tokens, req.sampling, eos,
-                lambda ev: aloop.call_soon_threadsafe(tokens.put_nowait, ev)))
+                lambda ev: aloop.call_soon_threadsafe(tokens.put_nowait, ev), cursor))
         except ValueError as e:  # longer than the context or the whole KV pool
             self.in_flight -= 1
             self.metrics.bad_requests.inc()
@@ -136,6 +147,14 @@ class CompletionsApp:
                                      media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", **admitted.headers()})
         return await self._answer(request, admitted, events, chunk, seq)
+
+    def _cursor(self, schema: dict[str, Any], max_tokens: int):
+        """Constrained output (:mod:`infer_lab.app.constrained`) for one request."""
+        if self._schemas is None:
+            from ..app.constrained import SchemaCache
+
+            self._schemas = SchemaCache(self.tokenizer, self.vocab_size)
+        return self._schemas.cursor(schema, max_tokens)
 
     def _refusal(self) -> Response | None:
         """503 when the engine has stopped, 429 when the server is full, else None."""

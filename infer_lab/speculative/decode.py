@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -29,7 +30,8 @@ def speculative_decode(target: Transformer, draft: Transformer | Drafter, prompt
                        max_new_tokens: int,
                        k: int = 4, sampling: Sampling = GREEDY, eos_id: int | None = None,
                        observers: Sequence[observe.Observer] | None = None,
-                       rule: Callable | None = None) -> tuple[list[int], SpecStats]:
+                       rule: Callable | None = None, constraint: Any = None
+                       ) -> tuple[list[int], SpecStats]:
     """Generate up to ``max_new_tokens`` for one prompt; returns (tokens, statistics).
 
     ``observers`` are told of the request, its tokens and its acceptance (None: the
@@ -37,10 +39,20 @@ def speculative_decode(target: Transformer, draft: Transformer | Drafter, prompt
     decoding, with :func:`~infer_lab.speculative.verify.verify`'s signature
     ``(p, q, draft, greedy, gen) -> (n accepted, next token)`` (None: ``verify``), so a
     lab can run a learner's; greedy decoding always keeps the longest agreeing prefix.
+
+    ``constraint``: constrained output (:class:`infer_lab.app.constrained.Constraint`:
+    ``start``, ``mask(state, budget)``, ``advance(state, token)``; it needs ``eos_id``).
+    The proposal is cut before its first token the constraint refuses (that token would
+    be rejected: the masked target gives it probability 0), and the target's logits at
+    each position are masked with the state the kept draft tokens lead to, so the output
+    is the constrained target's, greedy or sampled.
     """
     k = integer("k (draft tokens per step)", k, lo=1)
     prompt = check_prompts(target, [prompt], max_new_tokens)[0]
     check_decoding(target, sampling, eos_id)
+    if constraint is not None and eos_id is None:
+        raise ValueError("constrained speculative decoding needs eos_id: EOS ends the answer")
+    state = None if constraint is None else constraint.start
     if isinstance(draft, Transformer):
         draft = ModelDrafter(draft, sampling)
     for m in draft.models():
@@ -58,9 +70,14 @@ def speculative_decode(target: Transformer, draft: Transformer | Drafter, prompt
                    target.config.max_seq_len - cache.length - len(pending))
         t0 = time.perf_counter()
         proposal, q = draft.propose(max(room, 0))
+        if constraint is not None:
+            proposal, q, masks = _constrain(constraint, state, proposal, q,
+                                            max_new_tokens - len(out))
         t1 = time.perf_counter()
         x = torch.tensor([pending + proposal], device=target.device)
         logits = target(x, cache)[0, len(pending) - 1:]  # (n+1, V)
+        if constraint is not None:
+            logits = logits.masked_fill(~masks.to(logits.device), float("-inf"))
         if sampling.greedy:  # accept while the argmax agrees: no probabilities needed
             n, nxt = verify_greedy(logits.argmax(-1).tolist(), proposal)
         else:
@@ -77,11 +94,28 @@ def speculative_decode(target: Transformer, draft: Transformer | Drafter, prompt
         for tok in accepted + [nxt]:
             if len(out) < max_new_tokens and not (out and out[-1] == eos_id):
                 out.append(tok)
+                if constraint is not None and tok != eos_id:
+                    state = constraint.advance(state, tok)
         if trace:
             trace.token(len(out) - before)
     if trace:
         trace.done(spec=stats)
     return out, stats
+
+
+def _constrain(constraint: Any, state: int, proposal: list[int], q: torch.Tensor | None,
+               budget: int) -> tuple[list[int], torch.Tensor | None, torch.Tensor]:
+    """The proposal's prefix the constraint allows, its q rows, and the (n+1, V) masks of
+    the states before each kept token and after the last."""
+    masks = [constraint.mask(state, budget)]  # (V,) each
+    for i, tok in enumerate(proposal):
+        if not bool(masks[-1][tok]) or tok == constraint.eos_id:
+            proposal = proposal[:i]  # nothing after a refused token (or the end) counts
+            break
+        state = constraint.advance(state, tok)
+        masks.append(constraint.mask(state, budget - i - 1))
+    q = None if q is None else q[:len(proposal)]
+    return proposal, q, torch.stack(masks[:len(proposal) + 1])
 
 
 def _check_pair(target: Transformer, draft: Transformer) -> None:
