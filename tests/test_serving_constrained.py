@@ -83,3 +83,17 @@ def test_the_server_answers_response_format_with_json_of_the_schema(code_s):
         r = client.post("/v1/completions", json={"prompt": "x", "ignore_eos": True,
                                                  "response_format": fmt})
         assert r.status_code == 400 and "ignore_eos" in r.json()["error"]["message"]
+
+
+def test_a_streamed_constrained_answer_concatenates_to_valid_json(code_s):
+    model, tok = code_s
+    app = build_app(Engine(model, EngineConfig(block_size=4, num_blocks=256)), tok)
+    fmt = {"type": "json_schema", "json_schema": {"schema": SCHEMA}}
+    body = {"prompt": "item = ", "max_tokens": 40, "temperature": 0, "response_format": fmt}
+    with TestClient(app) as client:
+        whole = client.post("/v1/completions", json=body).json()["choices"][0]["text"]
+        with client.stream("POST", "/v1/completions", json={**body, "stream": True}) as r:
+            chunks = [json.loads(line[6:]) for line in r.iter_lines()
+                      if line.startswith("data: {")]
+    text = "".join(c["choices"][0]["text"] for c in chunks)
+    assert text == whole and set(json.loads(text)) == {"name", "count"}
