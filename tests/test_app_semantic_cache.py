@@ -302,3 +302,20 @@ def test_real_cache_and_evaluation(embedder):
     assert plain.wrong_hit_rate <= 0.01 and guarded.wrong_hit_rate <= 0.01
     assert guarded.threshold <= plain.threshold and guarded.hit_rate >= plain.hit_rate
     assert "hit rate" in ev.report(res)
+
+
+def test_the_held_out_pairs_are_scored_at_the_main_sets_thresholds():
+    """The held-out set (written after the guard was fixed) gets the operating points the
+    main set chose, unchanged; the counts add up to the set's make-up."""
+    from infer_lab.app.semantic_eval import evaluate, load_heldout, load_pairs, transfer
+    from infer_lab.app.slot_guard import SlotGuard
+
+    held = load_heldout()
+    assert len(held) == 60 and sum(p.label == "hit" for p in held) == 30
+    assert not {(p.a, p.b) for p in held} & {(p.a, p.b) for p in load_pairs()}
+    enc, guard = TrigramEncoder(), SlotGuard()
+    result = evaluate(enc, guard)
+    out = transfer(result, enc, guard)
+    assert set(out) == {"1%", "2%", "5%"}
+    for hits, n_hits, wrong, n_wrong in out.values():
+        assert (n_hits, n_wrong) == (30, 30) and 0 <= hits <= 30 and 0 <= wrong <= 30

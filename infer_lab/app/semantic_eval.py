@@ -45,7 +45,8 @@ import numpy as np
 from .semantic_cache import Guard, TextEncoder, no_guard
 
 __all__ = ["CurvePoint", "OperatingPoint", "Pair", "curve", "evaluate", "guard_mask",
-           "load_pairs", "make_up", "operating_point", "similarities"]
+           "load_heldout", "load_pairs", "make_up", "operating_point", "similarities",
+           "transfer"]
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,10 @@ def load_pairs(path: str | Path | None = None) -> list[Pair]:
         text = (resources.files("infer_lab.app") / "data" / "semantic_pairs.json").read_text()
     else:
         text = Path(path).read_text()
+    return _parse(text)
+
+
+def _parse(text: str) -> list[Pair]:
     pairs = [Pair(**p) for p in json.loads(text)["pairs"]]
     bad = [p for p in pairs if p.label not in ("hit", "miss")]
     if bad:
@@ -184,6 +189,33 @@ def evaluate(embedder: TextEncoder, guard: Guard, pairs: Sequence[Pair] | None =
             "curve_plain": curve(sims, want), "curve_guarded": curve(sims, want, allowed)}
 
 
+def load_heldout() -> list[Pair]:
+    """The held-out pairs, written after the guard and its thresholds were fixed on the
+    main set (``data/semantic_pairs_heldout.json``)."""
+    return _parse((resources.files("infer_lab.app") / "data"
+                   / "semantic_pairs_heldout.json").read_text())
+
+
+def transfer(result: dict, embedder: TextEncoder, guard: Guard,
+             pairs: Sequence[Pair] | None = None) -> dict[str, tuple[int, int, int, int]]:
+    """The operating points :func:`evaluate` chose on its set, applied unchanged to other
+    pairs (default: the held-out set): {budget: (hits, paraphrases, wrong hits,
+    near-misses)} with the guard. A threshold tuned on one set is only as good as what it
+    does on the next."""
+    pairs = load_heldout() if pairs is None else list(pairs)
+    sims = similarities(pairs, embedder)  # (P,)
+    want = np.array([p.label == "hit" for p in pairs])  # (P,)
+    allowed = guard_mask(pairs, guard)  # (P,)
+    points = {result["max_wrong"]: result["guarded"]}
+    points.update({b: g for b, (_, g) in result["budgets"].items()})
+    out = {}
+    for budget, op in points.items():
+        served = allowed & (sims >= op.threshold)
+        out[f"{budget:.0%}"] = (int((served & want).sum()), int(want.sum()),
+                                int((served & ~want).sum()), int((~want).sum()))
+    return out
+
+
 def report(result: dict) -> str:
     """The numbers of :func:`evaluate` as text."""
     lines = [f"{result['pairs']} pairs"]
@@ -210,4 +242,9 @@ if __name__ == "__main__":  # python -m infer_lab.app.semantic_eval
     from .embeddings import Embedder
     from .slot_guard import SlotGuard
 
-    print(report(evaluate(Embedder(), SlotGuard())))
+    embedder, guard = Embedder(), SlotGuard()
+    result = evaluate(embedder, guard)
+    print(report(result))
+    for budget, (h, n_h, w, n_w) in transfer(result, embedder, guard).items():
+        print(f"held-out pairs at the wrong <= {budget} threshold, guarded: hits {h}/{n_h}, "
+              f"wrong hits {w}/{n_w}")
