@@ -11,7 +11,7 @@ so the same notebook runs in CI in seconds and on a GPU at full size. Sizes ever
 uses are fields of :class:`Scale`; each lab from 02 on has its own group of sizes, one
 field of :class:`Scale` (``scale.quantization`` for lab 02, ``scale.pruning`` for 03,
 ``scale.distillation`` for 04, ``scale.speculative`` for 05, ``scale.serving`` for 06,
-``scale.kernels`` for 07, ``scale.runtimes`` for 08).
+``scale.kernels`` for 07, ``scale.runtimes`` for 08, ``scale.applications`` for 09).
 This file is the only place those numbers are written.
 """
 
@@ -156,6 +156,23 @@ class RuntimesSizes(LabSizes):
 
 
 @dataclass(frozen=True)
+class ApplicationsSizes(LabSizes):
+    """Lab 09 (the application layer). Everything but the cascade's answers and the
+    constrained decodes is cheap (an event simulation, 180 embedded pairs), so the sizes
+    mostly bound those two."""
+
+    model: str  # the zoo model the prompt cache and the constrained decodes run on
+    requests: int  # requests sharing one system prompt ...
+    system_chars: int  # ... of this many characters of held-out code
+    turns: int  # turns of the conversation, each resending the history
+    max_tokens: int  # output tokens of each prompt-cache request
+    cascade_samples: int  # held-out next-line samples both models answer
+    chat_model: str | None  # an instruct model for constrained output beside the zoo's; None: skip
+    constrained_tokens: int  # max_new_tokens of a constrained answer
+    trace_hours: float  # length of the traffic trace the autoscaler replays (one "day")
+
+
+@dataclass(frozen=True)
 class Scale:
     """Per-scale sizes of the labs' experiments."""
 
@@ -176,6 +193,7 @@ class Scale:
     serving: ServingSizes
     kernels: KernelsSizes
     runtimes: RuntimesSizes
+    applications: ApplicationsSizes
     model: str  # lab 00's model: the zoo's code-m, or the real smollm2-135m
 
     def __str__(self) -> str:
@@ -215,6 +233,7 @@ SCALES: dict[str, Scale] = {
                              (256, 256, 256), (1, 8, 4, 256, 32), (4, 8, 4, 512, 32),
                              (1, 1024, 1024), 3),
         runtimes=RuntimesSizes("code-s", 16, 2, None, 8, (256, 512), (4, 8, 12), 3),
+        applications=ApplicationsSizes("code-s", 6, 1200, 4, 8, 64, None, 40, 4.0),
         model="code-m"),
     "laptop": Scale(
         "laptop", max_new_tokens=64, repeats=5, warmup=2, n_requests=40,
@@ -233,6 +252,7 @@ SCALES: dict[str, Scale] = {
                              (2048, 4096), (1024, 1024, 1024), (1, 8, 4, 1024, 32),
                              (8, 8, 4, 2048, 32), (1, 4096, 4096), 5),
         runtimes=RuntimesSizes("code-m", 64, 3, REAL, 32, (1024, 1024), (4, 8, 16, 32), 8),
+        applications=ApplicationsSizes("code-s", 8, 2000, 6, 16, 400, REAL, 64, 24.0),
         model=REAL),
     "gpu": Scale(
         "gpu", max_new_tokens=128, repeats=10, warmup=3, n_requests=100,
@@ -252,6 +272,7 @@ SCALES: dict[str, Scale] = {
                              (32, 32, 8, 4096, 128), (1, 8192, 8192), 20),
         runtimes=RuntimesSizes("code-m", 128, 5, REAL, 64, (4096, 4096), (4, 8, 16, 32, 64),
                                16),
+        applications=ApplicationsSizes("code-m", 16, 4000, 8, 16, 800, REAL, 96, 24.0),
         model=REAL),
 }
 CHOICES = (*SCALES, "auto")

@@ -28,7 +28,7 @@ def test_scale(monkeypatch):
 def test_every_scale_has_every_lab_group_read_by_name_too():
     for s in SCALES.values():
         for group in ("quantization", "pruning", "distillation", "speculative", "serving",
-                      "kernels", "runtimes"):
+                      "kernels", "runtimes", "applications"):
             sizes = getattr(s, group)
             assert isinstance(sizes, LabSizes)
             assert all(sizes[f.name] == getattr(sizes, f.name) for f in fields(sizes))

@@ -11,7 +11,8 @@ from infer_lab.exercises import lab_exercises, progress
 
 ROUTES = ["labs", "progress", "hardware"]
 LABS = ["00_welcome", "01_kv_cache", "02_quantization", "03_pruning", "04_distillation",
-        "05_speculative_decoding", "06_serving", "07_kernels", "08_runtimes"]
+        "05_speculative_decoding", "06_serving", "07_kernels", "08_runtimes",
+        "09_applications"]
 
 
 async def get(jp_fetch, route: str) -> dict:

@@ -20,6 +20,7 @@ SPECULATIVE = "05_speculative_decoding"
 SERVING = "06_serving"
 KERNELS = "07_kernels"
 RUNTIMES = "08_runtimes"
+APPLICATIONS = "09_applications"
 
 # {lab id (the notebook's name): its exercises, in the order the lab presents them}
 LABS: dict[str, tuple[str, ...]] = {
@@ -36,6 +37,7 @@ LABS: dict[str, tuple[str, ...]] = {
     SERVING: ("block_tables", "schedule_step", "preempt_victims", "prefix_lookup"),
     KERNELS: ("softmax_kernel", "online_softmax_kernel", "int4_gemv_kernel"),
     RUNTIMES: ("roofline_tokens_per_s", "gemv_reduction", "break_even_tokens", "op_kind"),
+    APPLICATIONS: ("token_mask", "cascade_expected_cost", "token_bucket"),
 }
 
 

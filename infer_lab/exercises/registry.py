@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from . import (
+    applications,
     catalog,
     distillation,
     kernels,
@@ -25,7 +26,7 @@ from .progress import lab_predictions, lab_progress
 
 # One module per lab, in lab order; each has LAB (the notebook's name) and EXERCISES.
 LAB_MODULES = (welcome, kv_cache, quantization, pruning, distillation, speculative, serving,
-               kernels, runtimes)
+               kernels, runtimes, applications)
 EXERCISES: dict[str, Exercise] = {e.name: e for m in LAB_MODULES for e in m.EXERCISES}
 # The torch-free catalogue (what the JupyterLab extension counts) must say the same.
 catalog.check_registry({m.LAB: [e.name for e in m.EXERCISES] for m in LAB_MODULES})

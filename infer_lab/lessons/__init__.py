@@ -18,10 +18,13 @@
     lab07_kernels.py                programs and masks, fusion bytes, int4 GEMV bytes
     lab07_kernels_tiles.py          matmul tiles, FlashAttention's online softmax; paged reads
     lab07_kernels_runs.py           code-m's scores and an int4 layer through kernels; roofline
+    lab09_applications.py           prompt caching runs, the semantic cache's threshold, levers' $
+    lab09_applications_decode.py    the cascade's quality-cost slider, the JSON-schema editor
+    lab09_applications_traffic.py   a token bucket against a burst, the autoscaling explorer
 
 The techniques they show live in the package named after them (``infer_lab.quant``,
 ``infer_lab.prune``, ``infer_lab.distill``, ``infer_lab.speculative``,
-``infer_lab.serving``, ``infer_lab.kernels``); what they measure with lives in
+``infer_lab.serving``, ``infer_lab.kernels``, ``infer_lab.app``); what they measure with lives in
 ``infer_lab.metrics`` and ``infer_lab.quality``; how big each lab's experiments are, in
 ``infer_lab.scale``.
 Nothing is imported here: a lab imports its own module (they need ipywidgets and plotly).
