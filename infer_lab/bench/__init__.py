@@ -43,6 +43,7 @@ COMMANDS: dict[str, str] = {
     "telemetry": "infer_lab.bench.telemetry",
     "kernels": "infer_lab.bench.kernels",
     "runtimes": "infer_lab.bench.runtimes",
+    "app": "infer_lab.bench.app",
 }
 
 
