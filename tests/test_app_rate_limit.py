@@ -11,6 +11,7 @@ import httpx
 import pytest
 import torch
 from starlette.testclient import TestClient
+from test_serving_server import SlowEngine  # each step sleeps: requests stay queued
 
 import infer_lab
 from infer_lab.app.degrade import DegradePolicy
@@ -172,14 +173,6 @@ def test_bearer_keys_and_cli_flags():
 @pytest.fixture(scope="module")
 def code_s():
     return infer_lab.load("code-s", device="cpu", dtype=torch.float32)
-
-
-class SlowEngine(Engine):
-    """Each step sleeps, so requests stay queued long enough to be seen waiting."""
-
-    def step(self):
-        time.sleep(0.01)
-        return super().step()
 
 
 async def load(url: str, plan: list[tuple[str, int]]) -> list[httpx.Response]:

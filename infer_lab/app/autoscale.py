@@ -122,142 +122,162 @@ def _percentile(sorted_v: list[float], q: float) -> float:
     return sorted_v[lo] + (r - lo) * (sorted_v[hi] - sorted_v[lo])
 
 
-def simulate(trace: Trace, policy: ScalingPolicy, config: FleetConfig | None = None
-             ) -> ScaleResult:
-    """Replay ``trace`` against a fleet that ``policy`` scales; deterministic."""
-    cfg = config or FleetConfig()
-    arrivals, work, end_s = trace.arrivals, trace.work, trace.config.duration_s
-    events: list[tuple[float, int, int, int]] = []  # (time, kind, order, replica id)
-    order = 0
-    replicas: dict[int, _Replica] = {}
-    free: dict[int, None] = {}  # serving replicas with a free slot, in insertion order
-    queue: deque[tuple[float, float]] = deque()  # (arrival, work)
-    recent: deque[float] = deque()  # arrival times within the window
-    asked: deque[tuple[float, int]] = deque()  # (tick, count asked) for scale-down
-    latencies: list[float] = []
-    waits: list[float] = []
-    series: dict[str, list[float]] = {k: [] for k in ("t", "arrival_rps", "ready", "starting",
-                                                      "queue", "busy", "dropped", "p99_s")}
-    tick_lat: list[float] = []
-    dropped = busy = peak = 0
-    area, last_t, next_id = 0.0, 0.0, 0
+class _Fleet:
+    """The simulation's state and its event handlers; :func:`simulate` drives it."""
 
-    def push(t: float, kind: int, rid: int = -1) -> None:
-        nonlocal order
-        heapq.heappush(events, (t, kind, order, rid))
-        order += 1
+    def __init__(self, cfg: FleetConfig):
+        self.cfg = cfg
+        self.events: list[tuple[float, int, int, int]] = []  # (time, kind, order, replica)
+        self.order = self.next_id = self.peak = self.dropped = self.busy = 0
+        self.replicas: dict[int, _Replica] = {}
+        self.free: dict[int, None] = {}  # serving replicas with a free slot, in order
+        self.queue: deque[tuple[float, float]] = deque()  # (arrival, work)
+        self.recent: deque[float] = deque()  # arrival times within the window
+        self.asked: deque[tuple[float, int]] = deque()  # (tick, count asked): scale-down
+        self.latencies: list[float] = []
+        self.waits: list[float] = []
+        self.tick_lat: list[float] = []  # latencies decided since the last tick
+        self.series: dict[str, list[float]] = {k: [] for k in (
+            "t", "arrival_rps", "ready", "starting", "queue", "busy", "dropped", "p99_s")}
 
-    def add(now: float, warm: bool) -> None:
-        nonlocal next_id, peak
-        rid, next_id = next_id, next_id + 1
-        replicas[rid] = _Replica()
-        push(now if warm else now + cfg.cold_start_s, _READY, rid)
-        peak = max(peak, len(replicas))
+    def push(self, t: float, kind: int, rid: int = -1) -> None:
+        heapq.heappush(self.events, (t, kind, self.order, rid))
+        self.order += 1
 
-    def dispatch(now: float) -> None:
-        nonlocal dropped, busy
-        while queue and now - queue[0][0] > cfg.queue_timeout_s:  # FIFO: oldest first
+    def add(self, now: float, warm: bool) -> None:
+        rid, self.next_id = self.next_id, self.next_id + 1
+        self.replicas[rid] = _Replica()
+        self.push(now if warm else now + self.cfg.cold_start_s, _READY, rid)
+        self.peak = max(self.peak, len(self.replicas))
+
+    def dispatch(self, now: float) -> None:
+        """Drop what waited past the timeout (oldest first), then fill free slots."""
+        cfg, queue = self.cfg, self.queue
+        while queue and now - queue[0][0] > cfg.queue_timeout_s:
             queue.popleft()
-            dropped += 1
-            for v in (waits, latencies, tick_lat):  # never answered: infinitely late
+            self.dropped += 1
+            for v in (self.waits, self.latencies, self.tick_lat):  # never answered
                 v.append(math.inf)
-        while queue and free:
-            rid = next(iter(free))
-            r = replicas[rid]
+        while queue and self.free:
+            rid = next(iter(self.free))
+            r = self.replicas[rid]
             arrived, w = queue.popleft()
             service = cfg.service_s * w
             r.busy += 1
-            busy += 1
+            self.busy += 1
             if r.busy == cfg.slots:
-                del free[rid]
-            push(now + service, _FINISH, rid)
-            waits.append(now - arrived)
-            latencies.append(waits[-1] + service)
-            tick_lat.append(latencies[-1])
+                del self.free[rid]
+            self.push(now + service, _FINISH, rid)
+            self.waits.append(now - arrived)
+            self.latencies.append(self.waits[-1] + service)
+            self.tick_lat.append(self.latencies[-1])
 
-    def scale(now: float, target: int) -> None:
+    def scale(self, now: float, target: int) -> None:
+        """Up: undrain warm replicas first, then start new ones; down: drain the newest
+        starting ones, then the least busy serving ones."""
+        replicas = self.replicas
         active = [i for i, r in replicas.items() if not r.draining]
         if target > len(active):
             need = target - len(active)
             for i, r in sorted(((i, r) for i, r in replicas.items() if r.draining),
-                               key=lambda x: -x[1].busy)[:need]:  # warm ones first
+                               key=lambda x: -x[1].busy)[:need]:
                 r.draining = False
-                if r.ready and r.busy < cfg.slots:
-                    free[i] = None
+                if r.ready and r.busy < self.cfg.slots:
+                    self.free[i] = None
                 need -= 1
             for _ in range(need):
-                add(now, warm=False)
+                self.add(now, warm=False)
         elif target < len(active):
             starting = [i for i in active if not replicas[i].ready][::-1]  # newest first
             serving = sorted((i for i in active if replicas[i].ready),
                              key=lambda i: replicas[i].busy)
             for i in (starting + serving)[:len(active) - target]:
                 replicas[i].draining = True
-                free.pop(i, None)
+                self.free.pop(i, None)
                 if replicas[i].busy == 0:
                     del replicas[i]
 
+    def finish(self, rid: int) -> None:
+        r = self.replicas[rid]
+        r.busy -= 1
+        self.busy -= 1
+        if r.draining and r.busy == 0:
+            del self.replicas[rid]
+        elif not r.draining:
+            self.free[rid] = None
+
+    def ready(self, rid: int) -> None:
+        r = self.replicas.get(rid)
+        if r is not None:  # else it was cancelled during its cold start
+            r.ready = True
+            if not r.draining:
+                self.free[rid] = None
+
+    def tick(self, t: float, policy: ScalingPolicy, end_s: float) -> None:
+        """Ask the policy, scale (up at once, down only after the delay), record."""
+        cfg, replicas = self.cfg, self.replicas
+        while self.recent and self.recent[0] <= t - cfg.window_s:
+            self.recent.popleft()
+        state = FleetState(t, sum(r.ready and not r.draining for r in replicas.values()),
+                           sum(not r.ready and not r.draining for r in replicas.values()),
+                           self.busy, cfg.slots, len(self.queue),
+                           len(self.recent) / cfg.window_s, cfg.replica_rps)
+        want = min(cfg.max_replicas, max(cfg.min_replicas, int(policy.desired(state))))
+        while self.asked and self.asked[0][0] <= t - cfg.scale_down_delay_s:
+            self.asked.popleft()
+        self.asked.append((t, want))
+        self.scale(t, max(c for _, c in self.asked))
+        self.dispatch(t)
+        for k, v in zip(self.series, (t, state.arrival_rps, state.ready, state.starting,
+                                      len(self.queue), self.busy, self.dropped,
+                                      _percentile(sorted(self.tick_lat), 99))):
+            self.series[k].append(v)
+        self.tick_lat.clear()
+        if t + cfg.tick_s < end_s or self.queue or self.busy:
+            self.push(t + cfg.tick_s, _TICK)
+
+
+def simulate(trace: Trace, policy: ScalingPolicy, config: FleetConfig | None = None
+             ) -> ScaleResult:
+    """Replay ``trace`` against a fleet that ``policy`` scales; deterministic."""
+    cfg = config or FleetConfig()
+    arrivals, work, end_s = trace.arrivals, trace.work, trace.config.duration_s
+    fleet = _Fleet(cfg)
     for _ in range(cfg.initial_replicas if cfg.initial_replicas is not None
                    else cfg.min_replicas):
-        add(0.0, warm=True)
-    push(0.0, _TICK)
-    i, n = 0, len(arrivals)
-    while True:
+        fleet.add(0.0, warm=True)
+    fleet.push(0.0, _TICK)
+    area, last_t, i, n = 0.0, 0.0, 0, len(arrivals)
+    while True:  # the next arrival or event, whichever comes first
+        events = fleet.events
         if i < n and (not events or (arrivals[i], _ARRIVAL) < events[0][:2]):
             t, kind, rid = arrivals[i], _ARRIVAL, -1
         elif events:
             t, kind, _, rid = heapq.heappop(events)
         else:
             break
-        if i == n and not queue and not busy and t > end_s:
+        if i == n and not fleet.queue and not fleet.busy and t > end_s:
             break  # only cold starts (of nothing to serve) are left
-        area += len(replicas) * (t - last_t)
+        area += len(fleet.replicas) * (t - last_t)  # replica-seconds paid for
         last_t = t
         if kind == _ARRIVAL:
-            queue.append((t, work[i]))
-            recent.append(t)
+            fleet.queue.append((t, work[i]))
+            fleet.recent.append(t)
             i += 1
         elif kind == _FINISH:
-            r = replicas[rid]
-            r.busy -= 1
-            busy -= 1
-            if r.draining and r.busy == 0:
-                del replicas[rid]
-            elif not r.draining:
-                free[rid] = None
+            fleet.finish(rid)
         elif kind == _READY:
-            r = replicas.get(rid)
-            if r is not None:  # else it was cancelled during its cold start
-                r.ready = True
-                if not r.draining:
-                    free[rid] = None
-        dispatch(t)
+            fleet.ready(rid)
+        fleet.dispatch(t)
         if kind == _TICK:
-            while recent and recent[0] <= t - cfg.window_s:
-                recent.popleft()
-            state = FleetState(t, sum(r.ready and not r.draining for r in replicas.values()),
-                               sum(not r.ready and not r.draining for r in replicas.values()),
-                               busy, cfg.slots, len(queue), len(recent) / cfg.window_s,
-                               cfg.replica_rps)
-            want = min(cfg.max_replicas, max(cfg.min_replicas, int(policy.desired(state))))
-            while asked and asked[0][0] <= t - cfg.scale_down_delay_s:
-                asked.popleft()
-            asked.append((t, want))
-            scale(t, max(c for _, c in asked))  # up at once, down only after the delay
-            dispatch(t)
-            for k, v in zip(series, (t, state.arrival_rps, state.ready, state.starting,
-                                     len(queue), busy, dropped,
-                                     _percentile(sorted(tick_lat), 99))):
-                series[k].append(v)
-            tick_lat.clear()
-            if t + cfg.tick_s < end_s or queue or busy:
-                push(t + cfg.tick_s, _TICK)
+            fleet.tick(t, policy, end_s)
     end = max(end_s, last_t)  # the whole day is paid for, and any drain past its end
-    hours = (area + len(replicas) * (end - last_t)) / 3600
+    hours = (area + len(fleet.replicas) * (end - last_t)) / 3600
     cost = hours * cfg.price_per_replica_hour
-    lat = sorted(latencies)
-    return ScaleResult(n, len(lat) - dropped, dropped, _percentile(lat, 50), _percentile(lat, 99),
-                       _percentile(sorted(waits), 99), hours, cost, cost / (end / 3600), peak, end, series)
+    lat = sorted(fleet.latencies)
+    return ScaleResult(n, len(lat) - fleet.dropped, fleet.dropped, _percentile(lat, 50),
+                       _percentile(lat, 99), _percentile(sorted(fleet.waits), 99), hours,
+                       cost, cost / (end / 3600), fleet.peak, end, fleet.series)
 
 
 def sweep(trace: Trace, config: FleetConfig | None = None,
