@@ -23,8 +23,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..quality import next_line_samples
-
 
 @dataclass(frozen=True)
 class Answers:
@@ -170,8 +168,3 @@ def router_curve(p_small: Sequence[float], small: Answers, large: Answers, cost_
         k = sum(small_ones)
         out.append(Point(t, right / n, (k * cost_small + (n - k)) / n, (n - k) / n))
     return out
-
-
-def samples_for(files, n: int, seed: int = 0):
-    """Held-out next-line samples (:func:`~infer_lab.quality.next_line_samples`)."""
-    return next_line_samples(files, n, seed)
