@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -51,6 +50,7 @@ from .admission import error_response as _error
 from .engine_loop import EngineLoop, ServerMetrics
 from .interface import ServingEngine
 from .schema import BadRequest, ParsedRequest, decode_body, parse_chat_request, parse_request
+from .server_thread import ServerThread
 
 if TYPE_CHECKING:
     from ..app.degrade import DegradePolicy
@@ -285,34 +285,6 @@ def build_app(engine: ServingEngine, tokenizer: Any, max_queue: int = 64,
                             Route("/metrics", routes.prometheus)], lifespan=lifespan)
     app.state.engine_loop, app.state.metrics = routes.loop_thread, routes.metrics
     return app
-
-
-class ServerThread:
-    """Run uvicorn on 127.0.0.1 in a background thread: ``with ServerThread(app) as s: s.url``."""
-
-    def __init__(self, app: Starlette, port: int = 0, host: str = "127.0.0.1"):
-        import uvicorn
-
-        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=port,
-                                                    log_level="warning", lifespan="on",
-                                                    timeout_graceful_shutdown=5))
-        self.thread = threading.Thread(target=self.server.run, name="uvicorn", daemon=True)
-        self.url = ""
-
-    def __enter__(self) -> ServerThread:  # noqa: PYI034
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.01)
-        host, port = self.server.servers[0].sockets[0].getsockname()[:2]
-        self.url = f"http://{host}:{port}"
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
 
 
 def main(argv: list[str] | None = None) -> None:
