@@ -123,3 +123,12 @@ def test_a_kind_preset_overrides_its_target_preset():
     medusa, eagle = preset("smollm2-135m", "medusa"), preset("smollm2-135m", "eagle")
     assert (medusa.n_heads, medusa.ce_stride, eagle.ce_stride) == (1, 8, 4)
     assert medusa.feature_tokens == eagle.feature_tokens == 163840
+
+
+def test_a_distilled_draft_for_another_vocabulary_needs_an_early_exit(target):
+    from infer_lab.speculative.train_draft import DraftConfig, make_draft
+
+    with pytest.raises(ValueError, match="set exit_layer"):
+        make_draft("distilled", target, DraftConfig())  # code-s: 4096 tokens, target 50
+    draft = make_draft("distilled", target, DraftConfig(exit_layer=2, adapter_rank=8))
+    assert isinstance(draft, EarlyExitDraft) and draft.config.n_layer == 2

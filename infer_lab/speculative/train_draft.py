@@ -57,7 +57,7 @@ class DraftConfig(TrainConfig):
     ce_stride: int = 1  # EAGLE's token loss on every s-th position (a large vocabulary)
     draft_vocab: int = 0  # > 0: EAGLE proposes from the most frequent tokens only (FR-Spec)
     token_target: str = "data"  # EAGLE's token loss: the data token, or the target's p
-    exit_layer: int = 4  # an early-exit distilled draft (no smaller model): layers kept
+    exit_layer: int = 0  # > 0: the distilled draft is the target's first layers + an adapter
     adapter_rank: int = 256  # ... and its exit adapter's width
 
 
@@ -79,7 +79,7 @@ PRESETS: dict[str, dict] = {
     # from the first head), so it did not pay for its 0.7 MB of the zoo's 30 MB
     "smollm2-135m.medusa": {"n_heads": 1, "ce_stride": 8},
     # the first 4 of 30 layers and a rank-128 adapter (0.3 MB): early_exit.py
-    "smollm2-135m.distilled": {"ce_stride": 8, "adapter_rank": 128},
+    "smollm2-135m.distilled": {"ce_stride": 8, "exit_layer": 4, "adapter_rank": 128},
 }
 
 
@@ -99,14 +99,20 @@ def make_draft(kind: str, target: nn.Module, cfg: DraftConfig) -> nn.Module:
 
         return EagleDraft.for_target(target, cfg.draft_d_ff)
     if kind == "distilled":  # DistillSpec: a small model tuned on the target's distributions
-        if target.config.vocab_size != 4096:  # no smaller model shares its tokenizer
+        if cfg.exit_layer:  # no smaller model shares the target's tokenizer: carve one out
             from .early_exit import EarlyExitDraft
 
             return EarlyExitDraft(target, cfg.exit_layer, cfg.adapter_rank).to(
                 device=target.device, dtype=target.dtype)
         from ..zoo import load_zoo  # code-s, which shares the zoo's tokenizer
 
-        return load_zoo("code-s", device=target.device)[0].train()
+        student = load_zoo("code-s", device=target.device)[0].train()
+        if student.config.vocab_size != target.config.vocab_size:
+            raise ValueError(f"the distilled draft starts from code-s, whose vocabulary "
+                             f"({student.config.vocab_size}) is not the target's "
+                             f"({target.config.vocab_size}); set exit_layer for an "
+                             "early-exit draft of the target's own first layers")
+        return student
     raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
 
 
